@@ -1,0 +1,12 @@
+"""LoRA engine: plain-PyTorch LoRA/QLoRA layers, adapter IO and the training recipe.
+
+This package imports no Django, Celery or DRF (a test enforces it): the worker starts
+it as a child process (`python -m lora_engine.train CONFIG.json`) and talks to it over
+JSON lines. Importing the package itself is cheap on purpose (no torch import here), so
+the Django side can import `lora_engine.config` / `lora_engine.formats` without paying
+for torch.
+
+Modules: `lora` (LoRALinear, injection), `quantize` (bitsandbytes 4/8-bit base layers),
+`adapter_io` (PEFT-format save/load), `report` (parameter and memory reports),
+`merge` (merge an adapter into a full model dir).
+"""

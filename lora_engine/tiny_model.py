@@ -1,0 +1,249 @@
+"""Build a tiny, briefly pre-trained Llama for tests and demos (no downloads).
+
+There is no model hub on the build machines, so the test suite and the demo build
+their base model here: a 2-layer Llama (standard q/k/v/o + gate/up/down layout so
+vLLM can serve it with LoRA), a byte-level BPE tokenizer trained with `tokenizers` on
+the bundled English text, a Jinja chat template, and a short causal-LM pre-training
+on that text plus a few generic chat dialogues so the model writes words and knows
+where an assistant turn ends.
+
+CLI: ``python -m lora_engine.tiny_model OUTPUT_DIR [--seed N] [--steps N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# Bump whenever anything below changes the produced model: the test fixture keys
+# its on-disk cache on this number.
+TINY_MODEL_VERSION = 1
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+BOS = "<|begin|>"
+EOS = "<|end|>"  # end of a turn; also the generation stop token
+PAD = "<|pad|>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+SPECIAL_TOKENS = [PAD, BOS, EOS, *ROLE_TOKENS]
+
+# The chat template: `<|begin|>` once, then `<|role|>\ncontent<|end|>\n` per message.
+# `tools` (a list of JSON schemas, as transformers passes them) is rendered as a
+# system turn before the conversation. Unknown roles raise, so bad data fails loudly.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if tools %}<|system|>\nAvailable tools: {{ tools | tojson }}<|end|>\n{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
+    "{{ raise_exception('Unknown role: ' + message['role']) }}"
+    "{% endif %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+MODEL_SHAPE = {
+    "vocab_size": 1024,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+
+PRETRAIN_STEPS = 400
+PRETRAIN_BATCH = 16
+PRETRAIN_SEQ_LEN = 128
+PRETRAIN_LR = 3e-3
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    """Train a byte-level BPE on `texts` and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # No automatic BOS: the chat template adds it, plain text is encoded as is.
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=ROLE_TOKENS,
+        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    return hf_tok
+
+
+def _pretrain_sequences(tokenizer, corpus: str, dialogues: list[list[dict]], seq_len: int) -> list[list[int]]:
+    """Cut the corpus into `seq_len` token windows and add one row per rendered dialogue."""
+    ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    rows = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    for messages in dialogues:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        row = tokenizer(text, add_special_tokens=False)["input_ids"][:seq_len]
+        # Dialogues are short: repeat them so the chat layout is a real share of the mix.
+        rows.extend([row] * 3)
+    return rows
+
+
+def _portable_tokenizer_config(model_dir: Path) -> None:
+    """Make tokenizer_config.json readable by older loaders too.
+
+    transformers 5 writes the template to chat_template.jinja and names its own
+    backend class; vLLM, PEFT and transformers 4.x look for `chat_template` inside
+    tokenizer_config.json and know the class as PreTrainedTokenizerFast.
+    """
+    path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAIN_STEPS) -> Path:
+    """Build, pre-train and save the tiny Llama as an ordinary HF model dir.
+
+    Deterministic for a given seed on a given machine. Written to a temp dir beside
+    `out_dir` and renamed, so a crash never leaves a half-built model behind.
+
+    Args:
+        out_dir: destination directory (must not exist or be empty).
+        seed: seed for weights init and the pre-training data order.
+        steps: pre-training optimizer steps (the default takes well under a minute on 2 cores).
+
+    Returns:
+        The model directory path.
+    """
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    corpus = (ASSETS_DIR / "corpus.txt").read_text(encoding="utf-8")
+    dialogues = [
+        json.loads(line)["messages"]
+        for line in (ASSETS_DIR / "dialogues.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    dialogue_texts = [m["content"] for d in dialogues for m in d]
+    tokenizer = _train_tokenizer(corpus.split("\n\n") + dialogue_texts, MODEL_SHAPE["vocab_size"])
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        **MODEL_SHAPE,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    model = LlamaForCausalLM(config)
+
+    rows = _pretrain_sequences(tokenizer, corpus, dialogues, PRETRAIN_SEQ_LEN)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return PRETRAIN_LR * (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return PRETRAIN_LR * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    model.train()
+    t0 = time.monotonic()
+    loss_val = float("nan")
+    for step in range(steps):
+        pick = torch.randint(len(rows), (PRETRAIN_BATCH,), generator=gen).tolist()
+        batch = [rows[i] for i in pick]
+        width = max(len(r) for r in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, r in enumerate(batch):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            labels[i, : len(r)] = torch.tensor(r)
+            attn[i, : len(r)] = 1
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(input_ids=input_ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_val = loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"tiny_model pretrain step {step} loss {loss_val:.3f}", file=sys.stderr)
+    model.eval()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _portable_tokenizer_config(tmp)
+        GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=False,
+            max_new_tokens=64,
+        ).save_pretrained(tmp)
+        (tmp / "tiny_model_info.json").write_text(
+            json.dumps(
+                {
+                    "tiny_model_version": TINY_MODEL_VERSION,
+                    "seed": seed,
+                    "pretrain_steps": steps,
+                    "final_pretrain_loss": loss_val,
+                    "build_seconds": round(time.monotonic() - t0, 1),
+                },
+                indent=2,
+            )
+        )
+        if out.exists():
+            if any(out.iterdir()):
+                raise FileExistsError(f"{out} exists and is not empty")
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the tiny test Llama into OUTPUT_DIR.")
+    parser.add_argument("output_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=PRETRAIN_STEPS)
+    args = parser.parse_args(argv)
+    path = build_tiny_model(args.output_dir, seed=args.seed, steps=args.steps)
+    print(json.dumps({"type": "message", "level": "info", "message": f"tiny model written to {path}"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

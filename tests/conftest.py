@@ -1,0 +1,78 @@
+"""Fixtures shared by every suite: users with real API keys, a tiny base model, an isolated data dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("TUNINGLAB_TEST_CACHE", REPO_ROOT / ".cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A tiny Llama (HF dir) built locally once and cached across runs, keyed by the builder version."""
+    from lora_engine.tiny_model import TINY_MODEL_VERSION, build_tiny_model
+
+    target = CACHE_DIR / f"tiny-model-v{TINY_MODEL_VERSION}"
+    if not (target / "config.json").exists():
+        staging = CACHE_DIR / f".tiny-model-v{TINY_MODEL_VERSION}.{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        build_tiny_model(staging)
+        # Rename is atomic: a half-built model is never mistaken for a cached one.
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(settings, tmp_path):
+    """Point TUNINGLAB data (uploads, adapters, checkpoints) at a per-test directory."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.DATA_DIR.mkdir()
+
+
+@pytest.fixture
+def user(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username="alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def other_user(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username="mallory", password="pw-mallory-123")
+
+
+def _client_for(user):
+    from rest_framework.test import APIClient
+
+    from tuninglab.auth import api_key_create
+
+    _, raw = api_key_create(owner=user, name="test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    client.raw_api_key = raw
+    return client
+
+
+@pytest.fixture
+def api_client(user):
+    return _client_for(user)
+
+
+@pytest.fixture
+def other_api_client(other_user):
+    return _client_for(other_user)
+
+
+@pytest.fixture
+def base_model(db, tiny_model_dir):
+    from registry.models import BaseModel
+
+    return BaseModel.objects.create(name="tiny-llama", path=str(tiny_model_dir), architecture="LlamaForCausalLM")
