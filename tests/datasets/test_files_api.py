@@ -1,0 +1,364 @@
+"""/v1/files over real HTTP (DRF APIClient with real API keys): uploads, errors, limits, scoping."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from tests.datasets.conftest import sample, stored_files, upload_multipart, upload_raw
+from tunings.models import TrainingFile
+
+GOOD = [
+    ("good_openai_chat.jsonl", "openai_chat"),
+    ("good_alpaca.jsonl", "alpaca"),
+    ("good_sharegpt.jsonl", "sharegpt"),
+    ("good_chatglm3.jsonl", "chatglm3"),
+    ("good_prompt_completion.jsonl", "prompt_completion"),
+]
+BAD = [
+    ("bad_invalid_json.jsonl", "invalid_json", 4),
+    ("bad_not_an_object.jsonl", "not_an_object", 3),
+    ("bad_unknown_format.jsonl", "unknown_format", 5),
+    ("bad_mixed_formats.jsonl", "mixed_formats", 7),
+    ("bad_unknown_role.jsonl", "unknown_role", 2),
+    ("bad_missing_assistant_turn.jsonl", "missing_assistant_turn", 6),
+    ("bad_empty_content.jsonl", "empty_content", 8),
+    ("bad_line_too_long.jsonl", "line_too_long", 3),
+    ("bad_invalid_encoding.jsonl", "invalid_encoding", 4),
+    ("bad_missing_field.jsonl", "missing_field", 9),
+    ("bad_invalid_type.jsonl", "invalid_type", 5),
+    ("bad_too_few_examples.jsonl", "too_few_examples", None),
+    ("bad_empty_file.jsonl", "empty_file", None),
+]
+
+
+@pytest.mark.parametrize(("name", "fmt"), GOOD)
+def test_it_accepts_every_format_over_multipart(api_client, settings, name, fmt):
+    response = upload_multipart(api_client, name)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    content = sample(name)
+    sha = hashlib.sha256(content).hexdigest()
+    assert body["object"] == "file"
+    assert body["id"].startswith("file-")
+    assert body["filename"] == name
+    assert body["purpose"] == "fine-tune"
+    assert body["status"] == "processed"
+    assert body["status_details"] is None
+    assert body["bytes"] == len(content)
+    assert isinstance(body["created_at"], int)
+    assert body["format"] == fmt
+    assert body["example_count"] == 12
+    assert body["token_estimate"] > 0
+    assert body["sha256"] == sha
+    assert body["validation"] == {"errors": [], "error_count": 0}
+    assert body["stats"]["example_count"] == 12
+    assert body["stats"]["role_counts"]["assistant"] >= 12
+    # Stored content-addressed, byte for byte, and no temp file left behind.
+    blob = settings.DATA_DIR / "files" / sha[:2] / f"{sha}.jsonl"
+    assert blob.read_bytes() == content
+    assert list((settings.DATA_DIR / "tmp").iterdir()) == []
+    row = TrainingFile.objects.get(id=body["id"])
+    assert row.storage_path == f"files/{sha[:2]}/{sha}.jsonl"
+
+
+@pytest.mark.parametrize(("name", "code", "line"), BAD)
+def test_it_rejects_each_bad_file_with_its_code_and_line_and_stores_nothing(
+    api_client, settings, small_limits, name, code, line
+):
+    response = upload_multipart(api_client, name)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == code
+    assert error["param"] == (f"line {line}" if line else "file")
+    if line:
+        assert f"Line {line}" in error["message"]
+    assert error["error_count"] == 1
+    assert [(d["line"], d["code"]) for d in error["details"]] == [(line, code)]
+    assert TrainingFile.objects.count() == 0
+    assert stored_files(settings.DATA_DIR) == []
+
+
+def test_it_lists_every_problem_in_details(api_client, settings):
+    lines = sample("good_openai_chat.jsonl").splitlines()
+    lines[1] = b"oops"
+    lines[9] = b'{"messages": [{"role": "narrator", "content": "x"}]}'
+    response = upload_raw(api_client, b"\n".join(lines), query="?filename=two.jsonl")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert error["param"] == "line 2"
+    assert "1 more problem" in error["message"]
+    assert error["error_count"] == 2
+    assert [(d["line"], d["code"], d["param"]) for d in error["details"]] == [
+        (2, "invalid_json", None),
+        (10, "unknown_role", "messages[0].role"),
+    ]
+    assert stored_files(settings.DATA_DIR) == []
+
+
+def test_it_accepts_a_raw_body_with_the_name_from_the_query(api_client):
+    content = sample("good_alpaca.jsonl")
+    response = upload_raw(api_client, content, query="?filename=raw.jsonl&purpose=fine-tune")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["filename"], body["format"], body["bytes"]) == ("raw.jsonl", "alpaca", len(content))
+
+
+def test_it_takes_the_raw_filename_from_content_disposition(api_client):
+    response = upload_raw(
+        api_client,
+        sample("good_sharegpt.jsonl"),
+        content_type="application/octet-stream",
+        HTTP_CONTENT_DISPOSITION='attachment; filename="../../etc/chat.jsonl"',
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["filename"] == "chat.jsonl"  # path parts stripped
+
+
+def test_it_rejects_an_unknown_purpose_and_stores_nothing(api_client, settings):
+    response = upload_multipart(api_client, "good_openai_chat.jsonl", purpose="assistants")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_purpose"
+    assert response.json()["error"]["param"] == "purpose"
+    assert stored_files(settings.DATA_DIR) == []
+
+
+def test_it_answers_400_without_a_file(api_client):
+    response = api_client.post("/v1/files", {"purpose": "fine-tune"}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "missing_file"
+
+
+def test_it_answers_415_for_an_unsupported_content_type(api_client):
+    response = api_client.post("/v1/files", {"a": 1}, format="json")
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+# --- size cap ---------------------------------------------------------------------------------
+
+
+def _big_jsonl(size: int) -> bytes:
+    line = json.dumps({"prompt": "p" * 200, "completion": "c"}).encode() + b"\n"
+    return line * (size // len(line) + 1)
+
+
+def _assert_nothing_stored(settings):
+    assert TrainingFile.objects.count() == 0
+    assert stored_files(settings.DATA_DIR) == []
+    tmp = settings.DATA_DIR / "tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+def test_it_refuses_a_too_large_multipart_upload_with_413(api_client, settings, small_limits):
+    response = upload_multipart(api_client, "big.jsonl", _big_jsonl(200 * 1024))
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "file_too_large"
+    assert error["param"] == "file"
+    assert "0.0195312 MB" in error["message"]  # 20 KiB, the limit in MB
+    _assert_nothing_stored(settings)
+
+
+def test_it_counts_multipart_bytes_when_content_length_is_within_the_slack(api_client, settings, small_limits):
+    # 30 KiB: past the 20 KiB cap but within the multipart overhead allowance of the
+    # Content-Length check, so the byte count while streaming is what refuses it.
+    response = upload_multipart(api_client, "big.jsonl", _big_jsonl(30 * 1024))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "file_too_large"
+    _assert_nothing_stored(settings)
+
+
+def test_it_refuses_a_too_large_raw_upload_with_413(api_client, settings, small_limits):
+    response = upload_raw(api_client, _big_jsonl(200 * 1024), query="?filename=big.jsonl")
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "file_too_large"
+    _assert_nothing_stored(settings)
+
+
+def test_it_counts_raw_bytes_when_content_length_is_absent(db, settings, small_limits):
+    import io
+
+    from tuninglab.errors import PayloadTooLargeError
+    from tunings.services.files import upload_stage_stream
+
+    with pytest.raises(PayloadTooLargeError):
+        upload_stage_stream(stream=io.BytesIO(_big_jsonl(100 * 1024)), max_bytes=20 * 1024, content_length=None)
+    _assert_nothing_stored(settings)
+
+
+def test_it_accepts_a_file_just_under_the_limit(api_client, settings):
+    content = sample("good_openai_chat.jsonl")
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "MAX_UPLOAD_BYTES": len(content)}
+    assert upload_multipart(api_client, "exact.jsonl", content).status_code == 200
+    assert upload_raw(api_client, content + b"\n").status_code == 413
+
+
+# --- dedup, list, get, content, delete -------------------------------------------------------------
+
+
+def test_it_stores_identical_content_once(api_client, other_api_client, settings):
+    first = upload_multipart(api_client, "good_openai_chat.jsonl").json()
+    second = upload_raw(api_client, sample("good_openai_chat.jsonl"), query="?filename=copy.jsonl").json()
+    third = upload_multipart(other_api_client, "good_openai_chat.jsonl").json()
+    assert len({first["id"], second["id"], third["id"]}) == 3
+    assert first["sha256"] == second["sha256"] == third["sha256"]
+    blobs = [p for p in stored_files(settings.DATA_DIR) if p.suffix == ".jsonl"]
+    assert len(blobs) == 1
+    assert list((settings.DATA_DIR / "tmp").iterdir()) == []
+
+
+def test_it_pages_the_list_with_a_cursor(api_client, other_api_client):
+    ids = [
+        upload_raw(api_client, sample("good_alpaca.jsonl"), query=f"?filename={i}.jsonl").json()["id"] for i in range(5)
+    ]
+    upload_multipart(other_api_client, "good_alpaca.jsonl")  # not ours: never listed
+    page1 = api_client.get("/v1/files?limit=2").json()
+    assert page1["object"] == "list"
+    assert page1["has_more"] is True
+    assert [f["id"] for f in page1["data"]] == ids[::-1][:2]  # newest first
+    assert (page1["first_id"], page1["last_id"]) == (ids[4], ids[3])
+    page2 = api_client.get(f"/v1/files?limit=2&after={page1['last_id']}").json()
+    page3 = api_client.get(f"/v1/files?limit=2&after={page2['last_id']}").json()
+    assert [f["id"] for f in page2["data"] + page3["data"]] == ids[::-1][2:]
+    assert page3["has_more"] is False
+    assert api_client.get("/v1/files?limit=0").status_code == 400
+
+
+def test_it_retrieves_and_downloads_a_file(api_client):
+    content = sample("good_chatglm3.jsonl")
+    file_id = upload_multipart(api_client, "good_chatglm3.jsonl").json()["id"]
+    body = api_client.get(f"/v1/files/{file_id}").json()
+    assert (body["id"], body["format"]) == (file_id, "chatglm3")
+    response = api_client.get(f"/v1/files/{file_id}/content")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == content
+    assert 'filename="good_chatglm3.jsonl"' in response["Content-Disposition"]
+
+
+def test_it_hides_other_users_files_on_every_route(api_client, other_api_client):
+    file_id = upload_multipart(api_client, "good_openai_chat.jsonl").json()["id"]
+    for response in (
+        other_api_client.get(f"/v1/files/{file_id}"),
+        other_api_client.get(f"/v1/files/{file_id}/content"),
+        other_api_client.delete(f"/v1/files/{file_id}"),
+    ):
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+    assert other_api_client.get("/v1/files").json()["data"] == []
+    assert TrainingFile.objects.filter(id=file_id).exists()
+
+
+def test_it_requires_an_api_key():
+    from rest_framework.test import APIClient
+
+    assert APIClient().get("/v1/files").status_code == 401
+
+
+def test_it_deletes_a_file_and_its_bytes_when_unshared(api_client, settings, django_capture_on_commit_callbacks):
+    first = upload_multipart(api_client, "good_openai_chat.jsonl").json()
+    second = upload_raw(api_client, sample("good_openai_chat.jsonl")).json()
+    blob = settings.DATA_DIR / "files" / first["sha256"][:2] / f"{first['sha256']}.jsonl"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.delete(f"/v1/files/{first['id']}")
+    assert response.status_code == 200
+    assert response.json() == {"id": first["id"], "object": "file", "deleted": True}
+    assert blob.exists()  # still used by the second row
+    assert api_client.get(f"/v1/files/{first['id']}").status_code == 404
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.delete(f"/v1/files/{second['id']}").status_code == 200
+    assert not blob.exists()
+    assert stored_files(settings.DATA_DIR) == []
+    assert api_client.delete(f"/v1/files/{second['id']}").status_code == 404
+
+
+def _job(owner, file, status):
+    from registry.models import BaseModel
+    from tunings.models import TuningJob
+
+    base, _ = BaseModel.objects.get_or_create(name="tiny-llama", defaults={"path": "/m", "architecture": "Llama"})
+    return TuningJob.objects.create(owner=owner, base_model=base, training_file=file, status=status)
+
+
+def test_it_refuses_to_delete_a_file_a_running_job_uses(api_client, user, settings):
+    body = upload_multipart(api_client, "good_openai_chat.jsonl").json()
+    job = _job(user, TrainingFile.objects.get(id=body["id"]), "running")
+    response = api_client.delete(f"/v1/files/{body['id']}")
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "file_in_use"
+    assert job.id in error["message"]
+    assert TrainingFile.objects.filter(id=body["id"]).exists()
+    assert len([p for p in stored_files(settings.DATA_DIR) if p.suffix == ".jsonl"]) == 1
+
+
+def test_it_keeps_a_file_a_finished_job_references(api_client, user):
+    body = upload_multipart(api_client, "good_openai_chat.jsonl").json()
+    _job(user, TrainingFile.objects.get(id=body["id"]), "succeeded")
+    response = api_client.delete(f"/v1/files/{body['id']}")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "file_referenced"
+
+
+def test_it_replays_an_upload_with_the_same_idempotency_key(api_client, settings):
+    first = upload_multipart(api_client, "good_alpaca.jsonl", HTTP_IDEMPOTENCY_KEY="up-1")
+    again = upload_multipart(api_client, "good_alpaca.jsonl", HTTP_IDEMPOTENCY_KEY="up-1")
+    assert first.status_code == again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert again["Idempotent-Replayed"] == "true"
+    assert TrainingFile.objects.count() == 1
+    other = upload_multipart(api_client, "good_sharegpt.jsonl", HTTP_IDEMPOTENCY_KEY="up-1")
+    assert other.status_code == 422
+    assert list((settings.DATA_DIR / "tmp").iterdir()) == []
+
+
+def test_it_fingerprints_raw_uploads_by_content(api_client):
+    first = upload_raw(api_client, sample("good_alpaca.jsonl"), HTTP_IDEMPOTENCY_KEY="raw-1")
+    assert first.status_code == 200
+    other = upload_raw(api_client, sample("good_sharegpt.jsonl"), HTTP_IDEMPOTENCY_KEY="raw-1")
+    assert other.status_code == 422
+
+
+def test_it_works_with_the_official_openai_package(api_client):
+    """The openai client (multipart upload, list, retrieve, content, delete) against our WSGI app."""
+    import httpx
+    import openai
+    from django.core.signals import request_finished, request_started
+    from django.core.wsgi import get_wsgi_application
+    from django.db import close_old_connections
+
+    # As Django's test client does: the real WSGI handler would close the test's DB
+    # connection (and its transaction) at the end of each request.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        _openai_roundtrip(api_client, httpx, openai, get_wsgi_application)
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+def _openai_roundtrip(api_client, httpx, openai, get_wsgi_application):
+    transport = httpx.WSGITransport(app=get_wsgi_application())
+    client = openai.OpenAI(
+        base_url="http://testserver/v1",
+        api_key=api_client.raw_api_key,
+        http_client=httpx.Client(transport=transport),
+        max_retries=0,
+    )
+    content = sample("good_openai_chat.jsonl")
+    created = client.files.create(file=("train.jsonl", content), purpose="fine-tune")
+    assert created.id.startswith("file-")
+    assert created.bytes == len(content)
+    assert created.status == "processed"
+    assert [f.id for f in client.files.list()] == [created.id]
+    assert client.files.retrieve(created.id).filename == "train.jsonl"
+    assert client.files.content(created.id).content == content
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("bad.jsonl", sample("bad_unknown_role.jsonl")), purpose="fine-tune")
+    assert info.value.code == "unknown_role"
+    assert client.files.delete(created.id).deleted is True

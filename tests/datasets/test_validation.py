@@ -1,0 +1,126 @@
+"""validate_jsonl on the committed sample files: every error code with its line number, and the stats."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from tests.datasets.conftest import DATA
+from tunings.datasets import validate_jsonl
+from tunings.datasets.tokens import estimate_example_tokens
+
+
+def _validate(source, **limits):
+    return validate_jsonl(source, max_line_bytes=limits.get("max_line_bytes", 1024), min_examples=limits.get("min", 10))
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("good_openai_chat.jsonl", "openai_chat"),
+        ("good_alpaca.jsonl", "alpaca"),
+        ("good_sharegpt.jsonl", "sharegpt"),
+        ("good_chatglm3.jsonl", "chatglm3"),
+        ("good_prompt_completion.jsonl", "prompt_completion"),
+    ],
+)
+def test_it_accepts_every_good_sample(name, fmt):
+    report = _validate(DATA / name)
+    assert report.ok, report.errors
+    assert report.format == fmt
+    assert report.example_count == 12
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "line"),
+    [
+        ("bad_invalid_json.jsonl", "invalid_json", 4),
+        ("bad_not_an_object.jsonl", "not_an_object", 3),
+        ("bad_unknown_format.jsonl", "unknown_format", 5),
+        ("bad_mixed_formats.jsonl", "mixed_formats", 7),
+        ("bad_unknown_role.jsonl", "unknown_role", 2),
+        ("bad_missing_assistant_turn.jsonl", "missing_assistant_turn", 6),
+        ("bad_empty_content.jsonl", "empty_content", 8),
+        ("bad_line_too_long.jsonl", "line_too_long", 3),
+        ("bad_invalid_encoding.jsonl", "invalid_encoding", 4),
+        ("bad_missing_field.jsonl", "missing_field", 9),
+        ("bad_invalid_type.jsonl", "invalid_type", 5),
+        ("bad_too_few_examples.jsonl", "too_few_examples", None),
+        ("bad_empty_file.jsonl", "empty_file", None),
+    ],
+)
+def test_it_reports_each_bad_sample_with_its_code_and_line(name, code, line):
+    report = _validate(DATA / name)
+    assert report.error_count == 1, report.errors
+    (error,) = report.errors
+    assert error["code"] == code
+    assert error["line"] == line
+    if line is not None:
+        assert error["message"].startswith(f"Line {line}")
+
+
+def test_it_counts_all_errors_but_lists_at_most_max_errors():
+    lines = [b"not json"] * 150
+    report = validate_jsonl(io.BytesIO(b"\n".join(lines)), max_line_bytes=1024, min_examples=10, max_errors=100)
+    assert report.error_count == 150
+    assert len(report.errors) == 100
+    assert [e["line"] for e in report.errors[:3]] == [1, 2, 3]
+
+
+def test_it_skips_blank_lines_but_keeps_physical_line_numbers():
+    good = (DATA / "good_openai_chat.jsonl").read_bytes().splitlines()
+    body = b"\xef\xbb\xbf" + b"\r\n".join(good[:3]) + b"\r\n\r\n  \r\n" + b"\n".join([*good[3:], b"[]"]) + b"\n"
+    report = _validate(io.BytesIO(body))
+    assert report.example_count == 12
+    assert [(e["line"], e["code"]) for e in report.errors] == [(15, "not_an_object")]
+
+
+def test_it_drops_an_over_long_line_without_losing_the_next_line():
+    good = (DATA / "good_prompt_completion.jsonl").read_bytes().splitlines()
+    huge = b'{"prompt": "' + b"x" * 50_000 + b'", "completion": "y"}'
+    body = b"\n".join([good[0], huge, *good[1:]])
+    report = _validate(io.BytesIO(body), max_line_bytes=100)
+    assert [(e["line"], e["code"]) for e in report.errors] == [(2, "line_too_long")]
+    assert report.example_count == 12
+    assert "49 KiB" in report.errors[0]["message"] or "KiB" in report.errors[0]["message"]
+
+
+def test_it_accepts_a_line_of_exactly_the_limit():
+    line = json.dumps({"prompt": "p", "completion": "c" * 60}).encode()
+    report = validate_jsonl(io.BytesIO(line + b"\n"), max_line_bytes=len(line), min_examples=1)
+    assert report.ok, report.errors
+    report = validate_jsonl(io.BytesIO(line + b"\n"), max_line_bytes=len(line) - 1, min_examples=1)
+    assert report.errors[0]["code"] == "line_too_long"
+
+
+def test_it_decides_the_format_by_the_first_valid_line():
+    lines = [
+        json.dumps({"instruction": "broken"}),  # alpaca, but invalid: does not decide the format
+        *[json.dumps({"prompt": f"p{i}", "completion": "c"}) for i in range(10)],
+        json.dumps({"instruction": "i", "output": "o"}),
+    ]
+    report = _validate(io.BytesIO("\n".join(lines).encode()))
+    assert report.format == "prompt_completion"
+    assert [(e["line"], e["code"]) for e in report.errors] == [(1, "missing_field"), (12, "mixed_formats")]
+
+
+def test_it_computes_stats_and_a_token_estimate():
+    report = _validate(DATA / "good_openai_chat.jsonl")
+    stats = report.stats.as_dict()
+    records = [json.loads(line) for line in (DATA / "good_openai_chat.jsonl").read_text().splitlines()]
+    # 4 of 12 examples carry a system message (i % 3 == 0).
+    assert stats["role_counts"] == {"system": 4, "user": 12, "assistant": 12, "tool": 0}
+    expected = [estimate_example_tokens(r["messages"]) for r in records]
+    assert stats["token_estimate"] == sum(expected)
+    assert stats["max_example_tokens"] == max(expected)
+    assert stats["mean_example_tokens"] == round(sum(expected) / 12, 1)
+
+
+def test_it_uses_a_given_tokenizer_for_the_estimate():
+    report = validate_jsonl(
+        DATA / "good_prompt_completion.jsonl", max_line_bytes=1024, min_examples=1, count_tokens=lambda s: 1
+    )
+    # 12 examples x 2 messages x (1 token + 4 template tokens)
+    assert report.stats.token_estimate == 12 * 2 * 5

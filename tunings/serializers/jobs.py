@@ -1,0 +1,132 @@
+"""The one JSON shape of a tuning job (OpenAI's ``fine_tuning.job`` + our extras), its events and checkpoints.
+
+Plain functions rather than DRF serializer classes: the output is read-only, and the
+``openai`` package and our SDK depend on these exact keys, so they are spelled out here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from tunings.models import Checkpoint, JobEvent, TuningJob
+from tunings.selectors.jobs import tuning_job_queue_position
+from tunings.services.jobs import fine_tuned_model_name
+
+# Hyperparameters shown to clients (resolved values); the rest stay in the job's extras.
+OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+def unix(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def _estimated_finish(job: TuningJob) -> int | None:
+    if job.status != TuningJob.Status.RUNNING or job.eta_seconds is None:
+        return None
+    return unix(timezone.now() + timedelta(seconds=job.eta_seconds))
+
+
+def progress_text(job: TuningJob) -> str:
+    """``"60%"``: floor, so 99.7 % of a running job never reads as done."""
+    return f"{int(job.progress or 0)}%"
+
+
+def job_to_dict(job: TuningJob) -> dict[str, Any]:
+    """Serialize a job. ``job`` should come with ``owner`` and ``base_model`` selected."""
+    resolved = job.resolved_hyperparameters or {}
+    hyperparameters = {name: resolved.get(name, "auto") for name in OPENAI_HYPERPARAMETERS}
+    extra_hp = {k: v for k, v in resolved.items() if k not in OPENAI_HYPERPARAMETERS}
+    is_adapter = job.method != TuningJob.Method.FULL
+    return {
+        "object": "fine_tuning.job",
+        "id": job.id,
+        "created_at": unix(job.created_at),
+        "finished_at": unix(job.finished_at),
+        "model": job.base_model.name,
+        "fine_tuned_model": job.fine_tuned_model or None,
+        "organization_id": job.owner.username,
+        "status": job.status,
+        "hyperparameters": hyperparameters,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "training_file": job.training_file_id,
+        "validation_file": job.validation_file_id,
+        "result_files": [],
+        "trained_tokens": job.trained_tokens,
+        "error": job.error or None,
+        "seed": job.seed,
+        "suffix": job.suffix or None,
+        "user_provided_suffix": job.suffix or None,
+        "metadata": job.metadata or {},
+        "estimated_finish": _estimated_finish(job),
+        "integrations": [],
+        # --- extras (LLM Tuning Lab) ---
+        "tuning_method": job.method,
+        "lora": (
+            {
+                "rank": job.lora_rank,
+                "alpha": job.lora_alpha,
+                "dropout": job.lora_dropout,
+                "target_modules": list(job.target_modules or []),
+            }
+            if is_adapter
+            else None
+        ),
+        "training_options": extra_hp,
+        "progress": round(float(job.progress or 0.0), 2),
+        "progress_text": progress_text(job),
+        "loss": job.current_loss,
+        "eval_loss": job.eval_loss,
+        "current_step": job.current_step,
+        "total_steps": job.total_steps,
+        "learning_rate": job.learning_rate,
+        "tokens_per_second": job.tokens_per_second,
+        "eta_seconds": job.eta_seconds,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "cancel_requested": job.cancel_requested,
+        "priority": job.priority,
+        "resources": job.resources or {},
+        "queue": job.queue,
+        "queue_position": tuning_job_queue_position(job=job),
+        "started_at": unix(job.started_at),
+        "suggestion": job.suggestion or None,
+    }
+
+
+def job_status_to_dict(job: TuningJob) -> dict[str, Any]:
+    """``GET /v1/tunings.get``: the job object with the seed contract's ``"progress": "60%"``.
+
+    ``progress`` is text here (the seed API promised ``{"status", "loss", "progress": "60%"}``);
+    the number moves to ``progress_percent``. Every other key is the job object's.
+    """
+    body = job_to_dict(job)
+    body["progress_percent"] = body["progress"]
+    body["progress"] = body["progress_text"]
+    return body
+
+
+def event_to_dict(event: JobEvent) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.event",
+        "id": event.id,
+        "created_at": unix(event.created_at),
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data,
+    }
+
+
+def checkpoint_to_dict(checkpoint: Checkpoint, job: TuningJob) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": checkpoint.id,
+        "created_at": unix(checkpoint.created_at),
+        "fine_tuned_model_checkpoint": f"{fine_tuned_model_name(job)}:ckpt-step-{checkpoint.step}",
+        "step_number": checkpoint.step,
+        "metrics": checkpoint.metrics or {},
+        "fine_tuning_job_id": job.id,
+    }

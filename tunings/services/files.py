@@ -1,0 +1,427 @@
+"""Training file uploads: stream to a temp file, validate, store content-addressed, record the row.
+
+Storage layout under ``settings.DATA_DIR``::
+
+    tmp/upload-<random>.part           bytes being received (deleted on any failure)
+    files/<sha256[:2]>/<sha256>.jsonl   the content, shared by every row with that content
+    files/<sha256[:2]>/<sha256>.stats.json   dataset stats of that content (derived, cheap to rebuild)
+    files/.lock                         flock serialising "place blob / add row" with "drop row / GC blob"
+
+The rule is "bad input gets a clear error, never half-written": an upload that is too large
+or invalid leaves no row and no bytes; a stored row always has its bytes. Bytes are fsynced
+before the rename that publishes them, and the row is inserted after they are in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler, SkipFile
+from django.db import transaction
+from django.db.models import ProtectedError, Q
+
+from tuninglab.errors import ConflictError, InvalidRequestError, PayloadTooLargeError
+from tunings.datasets import ValidationReport, validate_jsonl
+from tunings.models import TrainingFile, TuningJob
+
+PURPOSES = ("fine-tune",)
+DEFAULT_FILENAME = "upload.jsonl"
+CHUNK_BYTES = 1024 * 1024
+# A multipart body is the file plus boundaries and headers; the up-front Content-Length
+# check allows this much on top of the cap, the byte count while streaming is exact.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+NON_TERMINAL = (TuningJob.Status.VALIDATING_FILES, TuningJob.Status.QUEUED, TuningJob.Status.RUNNING)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def file_too_large_error(max_bytes: int) -> PayloadTooLargeError:
+    """413 ``file_too_large`` naming the limit in MB."""
+    limit = f"{max_bytes / (1024 * 1024):g} MB"
+    return PayloadTooLargeError(
+        f"The upload is larger than the {limit} limit; nothing was stored.",
+        code="file_too_large",
+        param="file",
+        suggestion="Split the dataset into smaller files, or raise TUNINGLAB_MAX_UPLOAD_MB on the server.",
+    )
+
+
+class DatasetValidationError(InvalidRequestError):
+    """400 for an invalid dataset: the first problem as the error, every problem in ``details``."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        first = report.errors[0]
+        more = report.error_count - 1
+        message = first["message"] + (f" ({more} more problem(s), see error.details)" if more else "")
+        super().__init__(
+            message,
+            code=first["code"],
+            param=f"line {first['line']}" if first["line"] is not None else "file",
+            suggestion="Fix the reported lines and upload the file again; nothing was stored.",
+        )
+        self.details = report.errors
+        self.error_count = report.error_count
+
+    def as_dict(self) -> dict[str, Any]:
+        body = super().as_dict()
+        body["details"] = self.details
+        body["error_count"] = self.error_count
+        return body
+
+
+# --- paths -----------------------------------------------------------------------------------
+
+
+def blob_relpath(sha256: str) -> str:
+    """Content-addressed path of a file's bytes, relative to DATA_DIR."""
+    return f"files/{sha256[:2]}/{sha256}.jsonl"
+
+
+def stats_relpath(sha256: str) -> str:
+    return f"files/{sha256[:2]}/{sha256}.stats.json"
+
+
+def _data_dir() -> Path:
+    return Path(settings.DATA_DIR)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (the directory entry, not only the data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_lock_state = threading.local()
+
+
+@contextlib.contextmanager
+def _storage_lock() -> Iterator[None]:
+    """Exclusive lock over the blob store (one host): placing a blob and adding its row must not
+    interleave with dropping the last row of the same content and deleting the blob.
+
+    Re-entrant per thread: an on_commit hook may fire (and lock) while the lock is held, and
+    flock on a second descriptor of the same file would wait for ourselves forever.
+    """
+    if getattr(_lock_state, "held", False):
+        yield
+        return
+    lock_dir = _data_dir() / "files"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _lock_state.held = True
+        try:
+            yield
+        finally:
+            _lock_state.held = False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- staging: request bytes -> temp file, hashed and counted as they arrive --------------------
+
+
+@dataclass
+class StagedUpload:
+    """Bytes received into ``DATA_DIR/tmp``: complete, fsynced, hashed."""
+
+    path: Path
+    sha256: str
+    size: int
+
+    def discard(self) -> None:
+        """Delete the temp file if it is still there (it is gone once moved into the store)."""
+        self.path.unlink(missing_ok=True)
+
+
+class _Stager:
+    """Writes chunks to a fresh temp file, hashing and counting; over the cap it deletes and raises."""
+
+    def __init__(self, max_bytes: int) -> None:
+        tmp_dir = _data_dir() / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.path = tmp_dir / f"upload-{secrets.token_hex(8)}.part"
+        self.file: IO[bytes] = open(self.path, "xb")  # noqa: SIM115 - closed in finish/discard
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            # Count, not Content-Length, is the truth: a lying or absent header stops here.
+            self.discard()
+            raise file_too_large_error(self.max_bytes)
+        self.hasher.update(chunk)
+        self.file.write(chunk)
+
+    def finish(self) -> StagedUpload:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return StagedUpload(path=self.path, sha256=self.hasher.hexdigest(), size=self.size)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def upload_stage_stream(
+    *, stream: Any, max_bytes: int, content_length: int | None = None, chunk_bytes: int = CHUNK_BYTES
+) -> StagedUpload:
+    """Copy a raw request body to a temp file, refusing more than ``max_bytes``.
+
+    Reads ``stream.read(chunk)`` (never ``request.body``, which is capped at
+    DATA_UPLOAD_MAX_MEMORY_SIZE and held in memory).
+
+    Raises:
+        PayloadTooLargeError: ``Content-Length`` or the bytes actually read exceed ``max_bytes``;
+            nothing is left on disk.
+    """
+    if content_length is not None and content_length > max_bytes:
+        raise file_too_large_error(max_bytes)
+    stager = _Stager(max_bytes)
+    try:
+        while chunk := stream.read(chunk_bytes):
+            stager.write(chunk)
+        return stager.finish()
+    except BaseException:
+        stager.discard()
+        raise
+
+
+class StagedUploadedFile(UploadedFile):
+    """An uploaded file already staged under DATA_DIR/tmp; ``staged`` carries path, hash and size."""
+
+    def __init__(self, staged: StagedUpload, name: str, content_type: str | None = None) -> None:
+        # Opened for reading so UploadedFile.chunks() works (the idempotency fingerprint reads it).
+        super().__init__(
+            file=open(staged.path, "rb"),  # noqa: SIM115 - closed by release()
+            name=name,
+            content_type=content_type,
+            size=staged.size,
+        )
+        self.staged = staged
+
+    def release(self) -> None:
+        """Close the handle and delete the temp file if the store did not take it."""
+        self.file.close()
+        self.staged.discard()
+
+
+class StagingUploadHandler(FileUploadHandler):
+    """Multipart upload handler: the ``file`` field goes straight to DATA_DIR/tmp, capped.
+
+    Replaces Django's memory/temp-file handlers for the upload view. Above the cap it deletes
+    its temp file and raises ``PayloadTooLargeError``, which stops the multipart parser at once:
+    the rest of the body is never read (Django's ``StopUpload`` would swallow the reason).
+    Every staged file is appended to ``registry`` so the view can release leftovers.
+    """
+
+    def __init__(self, request: Any, *, max_bytes: int, registry: list[StagedUploadedFile]) -> None:
+        super().__init__(request)
+        self.max_bytes = max_bytes
+        self.registry = registry
+        self.stager: _Stager | None = None
+        self.got_file = False
+
+    def handle_raw_input(
+        self, input_data: Any, META: Any, content_length: int, boundary: Any, encoding: str | None = None
+    ) -> None:
+        if content_length and content_length > self.max_bytes + MULTIPART_OVERHEAD_BYTES:
+            raise file_too_large_error(self.max_bytes)
+
+    def new_file(self, field_name: str, file_name: str, *args: Any, **kwargs: Any) -> None:
+        if field_name != "file" or self.got_file:
+            raise SkipFile()  # only one "file" part is read; others are skipped unread
+        super().new_file(field_name, file_name, *args, **kwargs)
+        self.stager = _Stager(self.max_bytes)
+        self.file = self.stager.file  # Django closes handler.file on an interrupted upload
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        assert self.stager is not None
+        self.stager.write(raw_data)
+        return None
+
+    def file_complete(self, file_size: int) -> StagedUploadedFile | None:
+        if self.stager is None:
+            return None
+        staged = self.stager.finish()
+        self.stager = None
+        self.got_file = True
+        upload = StagedUploadedFile(staged, name=self.file_name, content_type=self.content_type)
+        self.registry.append(upload)
+        return upload
+
+    def upload_interrupted(self) -> None:
+        if self.stager is not None:
+            self.stager.discard()
+            self.stager = None
+
+
+# --- create / delete ---------------------------------------------------------------------------
+
+
+def _clean_filename(raw: Any) -> str:
+    """Basename only, printable, at most 255 characters; the default when nothing is left."""
+    name = str(raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    if name in ("", ".", ".."):
+        return DEFAULT_FILENAME
+    return name[:255]
+
+
+def _write_stats(sha256: str, stats: dict[str, Any]) -> None:
+    """Stats sidecar, written atomically (tmp + rename) so a reader never sees half a JSON."""
+    path = _data_dir() / stats_relpath(sha256)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(stats, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _place_blob(staged: StagedUpload) -> bool:
+    """Move the staged bytes to their content address. Returns False when they were already there."""
+    final = _data_dir() / blob_relpath(staged.sha256)
+    if final.exists() and final.stat().st_size == staged.size:
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged.path, final)  # atomic: readers see the old state or the whole file
+    _fsync_dir(final.parent)
+    return True
+
+
+def _drop_blob_if_unused(sha256: str) -> None:
+    """Delete a blob (and its stats) that no row references any more. Call under the lock."""
+    if TrainingFile.objects.filter(sha256=sha256).exists():
+        return
+    (_data_dir() / blob_relpath(sha256)).unlink(missing_ok=True)
+    (_data_dir() / stats_relpath(sha256)).unlink(missing_ok=True)
+
+
+def _ensure_blob_after_commit(staged: StagedUpload, stats: dict[str, Any]) -> None:
+    """After commit: if a concurrent delete collected the blob we reused, put our copy back."""
+    with _storage_lock():
+        if not (_data_dir() / blob_relpath(staged.sha256)).exists() and staged.path.exists():
+            _place_blob(staged)
+            _write_stats(staged.sha256, stats)
+    staged.discard()
+
+
+def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, purpose: str) -> TrainingFile:
+    """Validate a staged upload and store it: content-addressed bytes + a ``TrainingFile`` row.
+
+    Always consumes ``upload``: its temp file is moved into the store or deleted.
+
+    Raises:
+        InvalidRequestError: ``invalid_purpose``.
+        DatasetValidationError: the dataset has problems (400, every problem in ``details``);
+            nothing is stored.
+    """
+    keep_for_commit = False
+    try:
+        if purpose not in PURPOSES:
+            raise InvalidRequestError(
+                f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.",
+                code="invalid_purpose",
+                param="purpose",
+            )
+        report = validate_jsonl(
+            upload.path,
+            max_line_bytes=settings.TUNINGLAB["MAX_LINE_BYTES"],
+            min_examples=settings.TUNINGLAB["MIN_EXAMPLES"],
+        )
+        if not report.ok:
+            raise DatasetValidationError(report)
+        stats = {"format": report.format, **report.stats.as_dict()}
+        with _storage_lock():
+            created_blob = _place_blob(upload)
+            _write_stats(upload.sha256, stats)
+            try:
+                with transaction.atomic():
+                    row = TrainingFile.objects.create(
+                        owner=owner,
+                        filename=_clean_filename(filename),
+                        purpose=purpose,
+                        sha256=upload.sha256,
+                        bytes=upload.size,
+                        storage_path=blob_relpath(upload.sha256),
+                        format=report.format,
+                        example_count=report.example_count,
+                        token_estimate=report.stats.token_estimate,
+                        status=TrainingFile.Status.PROCESSED,
+                        validation_errors=[],
+                    )
+                    if not created_blob:
+                        # We reuse bytes another row owns. If that row is deleted before our
+                        # row commits (an outer transaction may hold the commit past this lock),
+                        # its GC cannot see us; keep our copy until commit to restore it if needed.
+                        transaction.on_commit(partial(_ensure_blob_after_commit, upload, stats))
+                        keep_for_commit = True
+            except BaseException:
+                if created_blob:
+                    _drop_blob_if_unused(upload.sha256)
+                raise
+        return row
+    finally:
+        # The temp file was moved into the store, or is not needed: delete it. When an
+        # on_commit hook still needs it, the hook deletes it (or, if the outer transaction
+        # rolls back, the caller: the upload view releases every staged file it received).
+        if not keep_for_commit:
+            upload.discard()
+
+
+def training_file_delete(*, file: TrainingFile) -> None:
+    """Delete a file row; its bytes go when no other row has the same content.
+
+    Raises:
+        ConflictError: 409 ``file_in_use`` while a job that is not finished uses it;
+            ``file_referenced`` when finished jobs still reference it (they keep it for their record).
+    """
+    jobs = TuningJob.objects.filter(Q(training_file=file) | Q(validation_file=file))
+    active = jobs.filter(status__in=NON_TERMINAL).values_list("id", "status").first()
+    if active:
+        raise ConflictError(
+            f"File {file.id} is used by job {active[0]}, which is {active[1]}.",
+            code="file_in_use",
+            param="file_id",
+            suggestion="Cancel the job or wait for it to finish, then delete the file.",
+        )
+    finished = jobs.values_list("id", flat=True).first()
+    if finished:
+        raise ConflictError(
+            f"File {file.id} is referenced by finished job {finished}, which keeps it as its training record.",
+            code="file_referenced",
+            param="file_id",
+        )
+    sha256 = file.sha256
+    try:
+        with transaction.atomic():
+            file.delete()
+    except ProtectedError:
+        # A job was created with this file between our check and the delete.
+        raise ConflictError(
+            f"File {file.id} was just attached to a job.", code="file_in_use", param="file_id"
+        ) from None
+    transaction.on_commit(partial(_collect_blob, sha256))
+
+
+def _collect_blob(sha256: str) -> None:
+    """After the delete commits: drop the bytes if that was the last row with this content."""
+    with _storage_lock():
+        _drop_blob_if_unused(sha256)
