@@ -1,0 +1,1 @@
+"""API resources: ``files``, ``tunings``, ``models``, ``chat`` (sync and async twins)."""

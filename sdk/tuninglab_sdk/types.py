@@ -1,0 +1,260 @@
+"""Typed results. Each dataclass keeps the fields callers use most and the whole JSON
+object in ``raw``, so a field the server adds later is reachable without an SDK release.
+
+Parsing is tolerant on purpose: the same job can come from our resource routes
+(``/v1/tunings``) or the OpenAI-style routes, and a missing key becomes ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class FileObject:
+    """An uploaded dataset (OpenAI file object shape plus our validation fields)."""
+
+    id: str
+    filename: str | None = None
+    bytes: int | None = None
+    purpose: str | None = None
+    status: str | None = None
+    created_at: int | None = None
+    format: str | None = None
+    example_count: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileObject:
+        return cls(
+            id=data["id"],
+            filename=data.get("filename"),
+            bytes=_int(data.get("bytes")),
+            purpose=data.get("purpose"),
+            status=data.get("status"),
+            created_at=_int(data.get("created_at")),
+            format=data.get("format"),
+            example_count=_int(data.get("example_count")),
+            raw=data,
+        )
+
+
+@dataclass
+class JobError:
+    """Why a job failed: stable ``code``, ``message``, the ``param`` at fault and a ``suggestion``."""
+
+    code: str | None
+    message: str | None
+    param: str | None = None
+    suggestion: str | None = None
+
+    @classmethod
+    def from_job_dict(cls, data: dict[str, Any]) -> JobError | None:
+        error = data.get("error")
+        if not isinstance(error, dict) or not (error.get("code") or error.get("message")):
+            return None
+        suggestion = error.get("suggestion") or data.get("suggestion") or None
+        return cls(
+            code=error.get("code"), message=error.get("message"), param=error.get("param"), suggestion=suggestion
+        )
+
+
+@dataclass
+class TuningJob:
+    """A fine-tuning job. ``loss``/``progress``/``eta_seconds`` are the latest reported values."""
+
+    id: str
+    status: str
+    model: str | None = None
+    training_file: str | None = None
+    validation_file: str | None = None
+    method: str | None = None
+    fine_tuned_model: str | None = None
+    progress: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    eta_seconds: float | None = None
+    current_step: int | None = None
+    total_steps: int | None = None
+    trained_tokens: int | None = None
+    error: JobError | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: int | None = None
+    finished_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job is succeeded, failed or cancelled (it will not change again)."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def suggestion(self) -> str | None:
+        return self.error.suggestion if self.error else None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuningJob:
+        def pick(*names: str) -> Any:
+            for name in names:
+                if data.get(name) is not None:
+                    return data[name]
+            return None
+
+        # The seed route (``/v1/tunings.get``) sends ``"progress": "60%"`` and the number as
+        # ``progress_percent``; the resource and OpenAI routes send the number as ``progress``.
+        progress = pick("progress_percent", "progress")
+        if isinstance(progress, str):
+            progress = progress.rstrip("%").strip()
+        # ``method`` is OpenAI's object ({"type": "supervised", ...}); ours is ``tuning_method``.
+        method = data.get("tuning_method") or data.get("method")
+        if isinstance(method, dict):
+            method = method.get("type")
+        return cls(
+            id=data["id"],
+            status=str(data.get("status") or ""),
+            model=data.get("model"),
+            training_file=data.get("training_file"),
+            validation_file=data.get("validation_file"),
+            method=method,
+            fine_tuned_model=data.get("fine_tuned_model") or None,
+            progress=_float(progress),
+            loss=_float(pick("loss")),
+            eval_loss=_float(pick("eval_loss")),
+            eta_seconds=_float(pick("eta_seconds")),
+            current_step=_int(pick("current_step")),
+            total_steps=_int(pick("total_steps")),
+            trained_tokens=_int(data.get("trained_tokens")),
+            error=JobError.from_job_dict(data),
+            hyperparameters=dict(data.get("hyperparameters") or {}),
+            suffix=data.get("suffix") or None,
+            seed=_int(data.get("seed")),
+            metadata=data.get("metadata"),
+            created_at=_int(data.get("created_at")),
+            finished_at=_int(data.get("finished_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class JobEvent:
+    """One entry of a job's log: a message or a metrics sample (``data`` holds the numbers)."""
+
+    id: str
+    created_at: int | None = None
+    level: str | None = None
+    message: str = ""
+    type: str | None = None
+    data: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobEvent:
+        return cls(
+            id=data["id"],
+            created_at=_int(data.get("created_at")),
+            level=data.get("level"),
+            message=data.get("message") or "",
+            type=data.get("type"),
+            data=data.get("data"),
+            raw=data,
+        )
+
+
+@dataclass
+class Checkpoint:
+    """A complete training checkpoint of a job."""
+
+    id: str
+    step: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    fine_tuned_model_checkpoint: str | None = None
+    created_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        return cls(
+            id=data["id"],
+            step=_int(data.get("step") if data.get("step") is not None else data.get("step_number")),
+            metrics=dict(data.get("metrics") or {}),
+            fine_tuned_model_checkpoint=data.get("fine_tuned_model_checkpoint"),
+            created_at=_int(data.get("created_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class Model:
+    """A servable model (base model or adapter alias) — server support pending."""
+
+    id: str
+    owned_by: str | None = None
+    created: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Model:
+        return cls(id=data["id"], owned_by=data.get("owned_by"), created=_int(data.get("created")), raw=data)
+
+
+@dataclass
+class ModelVersion:
+    """One registered adapter version of a model — server support pending."""
+
+    id: str
+    version: int | None = None
+    aliases: list[str] = field(default_factory=list)
+    job_id: str | None = None
+    created_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelVersion:
+        return cls(
+            id=data["id"],
+            version=_int(data.get("version")),
+            aliases=list(data.get("aliases") or []),
+            job_id=data.get("job_id") or data.get("tuning_job"),
+            created_at=_int(data.get("created_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class Page(Generic[T]):
+    """One page of a list endpoint (``{"object": "list", "data", "has_more", "first_id", "last_id"}``)."""
+
+    data: list[T]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)

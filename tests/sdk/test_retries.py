@@ -1,0 +1,317 @@
+"""Retry policy, Retry-After, idempotency keys and error mapping, on a stub transport
+(``httpx.MockTransport``): exact control over statuses and headers, no server needed."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+
+import httpx
+import pytest
+from tuninglab_sdk import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncTuningLab,
+    ConflictError,
+    FeatureUnavailableError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    TuningLab,
+    ValidationError,
+)
+from tuninglab_sdk._retry import backoff_delay, parse_retry_after, should_retry_response
+
+JOB = {"object": "fine_tuning.job", "id": "ftjob-abc", "status": "queued", "model": "tiny-llama"}
+
+
+def error(status: int, code: str, message: str = "nope", param: str | None = None, **headers: str) -> httpx.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+class Script:
+    """A transport that answers from a list, recording each request."""
+
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def client_for(script: Script, sleeps: list[float], max_retries: int = 3) -> TuningLab:
+    return TuningLab(
+        base_url="http://tl.test",
+        api_key="tl-test",
+        max_retries=max_retries,
+        http_client=httpx.Client(transport=httpx.MockTransport(script)),
+        sleep=sleeps.append,
+    )
+
+
+def test_it_honours_retry_after_seconds_on_429():
+    script = Script(error(429, "rate_limit_exceeded", **{"Retry-After": "7"}), httpx.Response(200, json=JOB))
+    sleeps: list[float] = []
+
+    job = client_for(script, sleeps).tunings.get("ftjob-abc")
+
+    assert job.id == "ftjob-abc"
+    assert sleeps == [7.0]
+    assert len(script.requests) == 2
+
+
+def test_it_honours_retry_after_as_an_http_date():
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    script = Script(error(429, "rate_limit_exceeded", **{"Retry-After": when}), httpx.Response(200, json=JOB))
+    sleeps: list[float] = []
+
+    client_for(script, sleeps).tunings.get("ftjob-abc")
+
+    assert len(sleeps) == 1 and 28.0 <= sleeps[0] <= 30.0
+
+
+def test_it_raises_rate_limit_error_when_retry_after_is_too_long_to_sleep_through():
+    script = Script(error(429, "rate_limit_exceeded", **{"Retry-After": "3600"}))
+    sleeps: list[float] = []
+
+    with pytest.raises(RateLimitError) as caught:
+        client_for(script, sleeps).tunings.get("ftjob-abc")
+
+    assert sleeps == [] and caught.value.status == 429 and caught.value.code == "rate_limit_exceeded"
+
+
+def test_it_backs_off_exponentially_with_jitter_on_5xx_then_gives_up():
+    script = Script(*[httpx.Response(502, text="bad gateway") for _ in range(4)])
+    sleeps: list[float] = []
+
+    with pytest.raises(InternalServerError) as caught:
+        client_for(script, sleeps, max_retries=3).tunings.get("ftjob-abc")
+
+    assert caught.value.status == 502
+    assert len(script.requests) == 4
+    # 0.5 s, 1 s, 2 s, each scaled by a jitter factor in [0.75, 1.0]
+    for delay, base in zip(sleeps, [0.5, 1.0, 2.0], strict=True):
+        assert 0.75 * base <= delay <= base
+    for i in range(12):
+        cap = min(0.5 * 2**i, 8.0)
+        assert 0.75 * cap <= backoff_delay(i) <= cap
+
+
+def test_it_retries_connection_errors_and_then_raises_api_connection_error():
+    request = httpx.Request("GET", "http://tl.test/v1/tunings/x")
+    script = Script(
+        httpx.ConnectError("refused", request=request),
+        httpx.RemoteProtocolError("Server disconnected", request=request),
+        httpx.Response(200, json=JOB),
+    )
+    sleeps: list[float] = []
+    assert client_for(script, sleeps).tunings.get("x").id == "ftjob-abc"
+    assert len(sleeps) == 2
+
+    failing = Script(*[httpx.ConnectError("refused", request=request) for _ in range(3)])
+    with pytest.raises(APIConnectionError):
+        client_for(failing, [], max_retries=2).tunings.get("x")
+    assert len(failing.requests) == 3
+
+    timing_out = Script(httpx.ReadTimeout("slow", request=request))
+    with pytest.raises(APITimeoutError):
+        client_for(timing_out, [], max_retries=0).tunings.get("x")
+
+
+def test_it_reuses_one_idempotency_key_across_the_retries_of_a_post():
+    script = Script(
+        httpx.Response(503, text="busy"),
+        error(409, "idempotency_request_in_progress"),
+        httpx.Response(201, json=JOB),
+    )
+    sleeps: list[float] = []
+
+    client_for(script, sleeps).tunings.create(model="tiny-llama", data="file-abc")
+
+    keys = [r.headers["Idempotency-Key"] for r in script.requests]
+    assert len(keys) == 3 and len(set(keys)) == 1
+    assert json.loads(script.requests[0].content) == {"model": "tiny-llama", "training_file": "file-abc"}
+
+    again = Script(httpx.Response(201, json=JOB))
+    client_for(again, []).tunings.create(model="tiny-llama", data="file-abc")
+    assert again.requests[0].headers["Idempotency-Key"] not in keys  # a new logical request
+
+
+def test_it_retries_409_only_for_an_in_flight_idempotent_request():
+    state_conflict = Script(error(409, "invalid_state", "Cannot cancel job ftjob-abc: it is succeeded."))
+    sleeps: list[float] = []
+    with pytest.raises(ConflictError) as caught:
+        client_for(state_conflict, sleeps).tunings.cancel("ftjob-abc")
+    assert caught.value.code == "invalid_state"
+    assert len(state_conflict.requests) == 1 and sleeps == []
+
+    in_flight = Script(error(409, "idempotency_request_in_progress"), httpx.Response(200, json=JOB))
+    client_for(in_flight, sleeps).tunings.cancel("ftjob-abc")
+    assert len(in_flight.requests) == 2
+
+
+def test_it_does_not_retry_client_errors():
+    for status, cls in [(400, ValidationError), (403, PermissionDeniedError), (404, NotFoundError)]:
+        script = Script(error(status, "some_code", param="training_file"))
+        with pytest.raises(cls) as caught:
+            client_for(script, []).tunings.get("x")
+        assert len(script.requests) == 1
+        assert caught.value.param == "training_file" and caught.value.code == "some_code"
+
+
+def test_it_maps_422_to_validation_error_with_param():
+    script = Script(error(422, "idempotency_key_reused", param="Idempotency-Key"))
+    with pytest.raises(ValidationError) as caught:
+        client_for(script, []).tunings.create(model="m", data="file-x", idempotency_key="k")
+    assert caught.value.status == 422 and caught.value.param == "Idempotency-Key"
+
+
+def test_it_parses_retry_after_variants():
+    assert parse_retry_after({"retry-after": "2.5"}) == 2.5
+    assert parse_retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert parse_retry_after({"retry-after": "garbage"}) is None
+    assert parse_retry_after({}) is None
+    past = email.utils.formatdate(time.time() - 100, usegmt=True)
+    assert parse_retry_after({"retry-after": past}) == 0.0
+
+
+def test_it_lets_the_server_veto_or_force_a_retry():
+    assert should_retry_response(httpx.Response(500, headers={"x-should-retry": "false"})) is False
+    assert should_retry_response(httpx.Response(400, headers={"x-should-retry": "true"})) is True
+    assert should_retry_response(httpx.Response(501)) is False
+    assert should_retry_response(httpx.Response(408)) is True
+
+
+def test_it_sends_a_per_call_timeout():
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json=JOB)
+
+    client = TuningLab(
+        base_url="http://tl.test/v1/",
+        api_key="k",
+        timeout=12.0,
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+    )
+    client.tunings.get("a")
+    client.tunings.get("a", timeout=3.0)
+    assert seen[0]["read"] == 12.0 and seen[1]["read"] == 3.0
+
+
+def test_it_reads_base_url_and_key_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TUNINGLAB_BASE_URL", "http://env.test:9000/v1")
+    monkeypatch.setenv("TUNINGLAB_API_KEY", "tl-from-env")
+    captured: list[httpx.Request] = []
+    client = TuningLab(
+        http_client=httpx.Client(
+            transport=httpx.MockTransport(lambda r: captured.append(r) or httpx.Response(200, json=JOB))
+        )
+    )
+    client.tunings.get("ftjob-abc")
+    assert str(captured[0].url) == "http://env.test:9000/v1/tunings/ftjob-abc"
+    assert captured[0].headers["Authorization"] == "Bearer tl-from-env"
+
+
+def test_it_reports_pending_server_features_as_feature_unavailable():
+    html_404 = httpx.Response(404, text="<h1>Not Found</h1>", headers={"content-type": "text/html"})
+    for call in (
+        lambda c: c.models.list(),
+        lambda c: c.models.versions("support-bot"),
+        lambda c: c.models.promote("support-bot", version=2),
+        lambda c: c.models.rollback("support-bot"),
+        lambda c: c.chat.completions.create(model="support-bot", messages=[{"role": "user", "content": "hi"}]),
+    ):
+        with pytest.raises(FeatureUnavailableError) as caught:
+            call(client_for(Script(html_404), []))
+        assert "server support pending" in str(caught.value)
+
+    # A real 404 with our error body (unknown model, once the registry exists) stays a NotFoundError.
+    with pytest.raises(NotFoundError) as caught:
+        client_for(Script(error(404, "model_not_found")), []).models.versions("nope")
+    assert not isinstance(caught.value, FeatureUnavailableError)
+
+    # 503 is retried first (a restarting gateway), then reported as unavailable.
+    sleeps: list[float] = []
+    script = Script(*[httpx.Response(503, text="unavailable") for _ in range(3)])
+    with pytest.raises(FeatureUnavailableError):
+        client_for(script, sleeps, max_retries=2).models.list()
+    assert len(script.requests) == 3
+
+
+def test_it_streams_chat_completion_chunks():
+    sse = (
+        'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"delta":{"content":"Hel"}}]}\n\n'
+        'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"delta":{"content":"lo"}}]}\n\n'
+        "data: [DONE]\n\n"
+    )
+    script = Script(httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"}))
+    stream = client_for(script, []).chat.completions.create(
+        model="support-bot", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join(chunk["choices"][0]["delta"]["content"] for chunk in stream)
+    assert text == "Hello"
+    assert json.loads(script.requests[0].content)["stream"] is True
+
+
+def test_it_retries_in_the_async_client_with_the_same_key_and_retry_after():
+    script = Script(
+        error(429, "rate_limit_exceeded", **{"Retry-After": "4"}),
+        httpx.Response(502),
+        httpx.Response(201, json=JOB),
+    )
+    sleeps: list[float] = []
+
+    async def record(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def run() -> str:
+        async with AsyncTuningLab(
+            base_url="http://tl.test",
+            api_key="k",
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(script)),
+            sleep=record,
+        ) as client:
+            job = await client.tunings.create(model="tiny-llama", data="file-abc")
+            return job.id
+
+    assert asyncio.run(run()) == "ftjob-abc"
+    assert sleeps[0] == 4.0 and 0.75 <= sleeps[1] <= 1.0
+    assert len({r.headers["Idempotency-Key"] for r in script.requests}) == 1
+
+
+def test_it_keeps_waiting_through_a_server_restart():
+    request = httpx.Request("GET", "http://tl.test/v1/tunings/ftjob-abc")
+    running = {**JOB, "status": "running", "progress": 50.0}
+    done = {**JOB, "status": "succeeded", "progress": 100.0, "fine_tuned_model": "ft:tiny-llama:alice::ftjob-abc"}
+    script = Script(
+        httpx.Response(200, json=running),
+        httpx.ConnectError("refused", request=request),  # the server restarts...
+        httpx.Response(503, text="starting"),
+        httpx.Response(200, json=done),
+    )
+    client = client_for(script, [], max_retries=0)
+    polls: list[float] = []
+    client._poll_sleep = polls.append
+
+    job = client.tunings.wait_for_completion("ftjob-abc", poll_interval=1.5, progress=False)
+
+    assert job.status == "succeeded" and job.fine_tuned_model.endswith("ftjob-abc")
+    assert polls == [1.5, 1.5, 1.5]
+
+    down = Script(*[httpx.ConnectError("refused", request=request) for _ in range(10)])
+    client = client_for(down, [], max_retries=0)
+    client._poll_sleep = lambda s: None
+    with pytest.raises(APIConnectionError):
+        client.tunings.wait_for_completion("ftjob-abc", progress=False)
+    assert len(down.requests) == 10
