@@ -17,6 +17,7 @@ venv: $(STAMP)
 
 ## demo: build a tiny base model, upload a dataset, run one tuning job on the embedded default.
 demo: venv
+	mkdir -p "$${TUNINGLAB_DATA_DIR:-var}"  # SQLite cannot create its file in a missing dir
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo
 

@@ -1,13 +1,72 @@
-"""The one Celery app: settings from Django (namespace ``CELERY``), tasks autodiscovered."""
+"""The one Celery app: settings from Django (namespace ``CELERY``), tasks autodiscovered.
+
+Queues: ``gpu`` and ``cpu``. A job's ``resources`` choose its queue (``{"gpus": n > 0}`` →
+``gpu``, else ``cpu``; the jobs service stores it in ``TuningJob.queue``). GPU hosts run
+``celery -A tuninglab worker -Q gpu``, CPU hosts ``-Q cpu``.
+
+Delivery is at-least-once and we rely on the database, not the broker, for exactly-once
+execution:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost`` (settings): a message is acked only
+  after the task returns, so a worker that dies mid-job gives its message back.
+* ``worker_prefetch_multiplier = 1``: a busy worker does not hoard wake-ups another idle
+  worker could run.
+* ``visibility_timeout`` (``TUNINGLAB_VISIBILITY_TIMEOUT``, default 3600 s): Redis hands an
+  unacked message to another consumer after this long. Training often runs longer, so a
+  redelivery *will* happen. It is harmless: the message is only a wake-up, the claim is a
+  conditional UPDATE (``queued → running``) on the job row, and a running job is not
+  ``queued`` — the redelivered task finds nothing to claim and returns (see
+  ``docs/architecture.md``). The restore scan runs every ``TUNINGLAB_UNACKED_RESTORE_INTERVAL``
+  seconds (kombu's default is ~100 s); tests lower both to see a redelivery in seconds.
+
+Beat runs ``workers.tasks.sweep_expired_leases`` every ``TUNINGLAB_SWEEP_SECONDS``
+(default 15 s): expired leases go back to ``queued`` (or ``failed`` past the attempt cap)
+and queued jobs without a pending wake-up get one.
+"""
 
 from __future__ import annotations
 
 import os
 
 from celery import Celery
+from kombu import Exchange, Queue
+
+from tuninglab.env import env_float, env_int
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tuninglab.settings")
 
+QUEUE_NAMES = ("cpu", "gpu")
+SWEEP_SECONDS = env_float("TUNINGLAB_SWEEP_SECONDS", 15.0)
+
 app = Celery("tuninglab")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+# `app.conf.X = ...` before the app is configured is stored as an override on top of the
+# Django settings (the documented Celery/Django pattern); nothing here reads settings yet.
+app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
+app.conf.task_routes = {"workers.tasks.sweep_expired_leases": {"queue": "cpu"}}
+app.conf.beat_schedule = {
+    "sweep-expired-leases": {
+        "task": "workers.tasks.sweep_expired_leases",
+        "schedule": SWEEP_SECONDS,
+        # A sweep older than its period is stale; the next one does the same work.
+        "options": {"expires": SWEEP_SECONDS},
+    }
+}
+
+
+@app.on_after_configure.connect
+def _tune_redis_restore(sender: Celery, **_: object) -> None:
+    """Merge kombu's unacked-restore knobs into the transport options from settings.
+
+    kombu scans for messages older than the visibility timeout every
+    ``interval * throttle`` seconds (10 * 10 by default). With a short visibility timeout
+    (tests, small deployments) that scan must run as often, or a redelivery waits ~100 s.
+    """
+    options = dict(sender.conf.broker_transport_options or {})
+    options.setdefault("unacked_restore_interval", env_int("TUNINGLAB_UNACKED_RESTORE_INTERVAL", 10))
+    options.setdefault("unacked_restore_throttle", env_int("TUNINGLAB_UNACKED_RESTORE_THROTTLE", 10))
+    sender.conf.broker_transport_options = options
+
+
 app.autodiscover_tasks()

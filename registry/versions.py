@@ -1,0 +1,114 @@
+"""Adapter directory → ``ModelVersion``: the registry's entry point for finished jobs.
+
+The registry issue adds MLflow sync later; this module only stores the files and the row.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from registry.models import ModelVersion
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdapterError(ValueError):
+    """The adapter dir is not a complete PEFT-format adapter."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+
+
+def registered_model_name(job: Any) -> str:
+    """The registry name of a job's adapter line: ``<owner>-<base>[-<suffix>]``, slugged.
+
+    Versions count up per name, so re-training with the same base and suffix gives v2, v3,
+    ... The owner is part of the name because names (and aliases) are global.
+    """
+    parts = [_slug(job.owner.get_username()), _slug(job.base_model.name)]
+    if job.suffix:
+        parts.append(_slug(job.suffix))
+    name = "-".join(p for p in parts if p)[:64].rstrip("-._") or "model"
+    if not NAME_RE.match(name):
+        name = f"m{name}"[:64]
+    return name
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            with open(os.path.join(dirpath, filename), "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def model_version_create_from_job(
+    *, job: Any, adapter_dir: str | Path, name: str | None = None, metrics: dict[str, Any] | None = None
+) -> ModelVersion:
+    """Copy the job's adapter to ``DATA_DIR/adapters/<name>/v<N>/`` and create version N.
+
+    N is max+1 for the name, decided in the transaction that inserts the row; the unique
+    (name, version) constraint settles a race between two jobs of the same line (the loser
+    retries with the next number). The files are copied to a staging dir and fsynced first,
+    then renamed into place, so ``v<N>`` is either complete or absent. Called inside the
+    runner's fenced transaction: if that rolls back, the runner removes ``adapter_path``.
+    Idempotent per job: a job that already has a version gets that version back.
+
+    Raises:
+        AdapterError: ``adapter_dir`` lacks ``adapter_config.json`` or the safetensors file.
+    """
+    existing = ModelVersion.objects.filter(job=job).first()
+    if existing is not None:
+        return existing
+    src = Path(adapter_dir)
+    missing = [f for f in ADAPTER_FILES if not (src / f).is_file()]
+    if missing:
+        raise AdapterError(f"adapter dir {src} is missing {', '.join(missing)}")
+    name = name or registered_model_name(job)
+    if not NAME_RE.match(name):
+        raise AdapterError(f"invalid registered model name {name!r}")
+
+    root = Path(settings.DATA_DIR) / "adapters" / name
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".staging-{uuid.uuid4().hex}"
+    shutil.copytree(src, staging)
+    _fsync_tree(staging)
+    try:
+        for _ in range(5):
+            try:
+                with transaction.atomic():
+                    current = ModelVersion.objects.filter(name=name).aggregate(m=Max("version"))["m"] or 0
+                    version = current + 1
+                    final = root / f"v{version}"
+                    if final.exists():
+                        # Left by a rolled-back attempt: no row points at it.
+                        shutil.rmtree(final)
+                    os.rename(staging, final)
+                    try:
+                        return ModelVersion.objects.create(
+                            owner=job.owner,
+                            name=name,
+                            version=version,
+                            base_model=job.base_model,
+                            job=job,
+                            adapter_path=str(final),
+                            metrics=metrics or {},
+                        )
+                    except BaseException:
+                        os.rename(final, staging)
+                        raise
+            except IntegrityError:
+                continue  # another job took version N (or this job already has a version)
+        raise IntegrityError(f"could not allocate a version for {name}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

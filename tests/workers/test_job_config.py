@@ -1,0 +1,78 @@
+"""TuningJob row → TrainConfig mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lora_engine.errors import ConfigError
+from workers.job_config import build_train_config, job_paths
+
+
+@pytest.mark.django_db
+def test_it_maps_hyperparameters_and_columns_to_engine_fields(make_job, user, settings):
+    job = make_job(
+        user,
+        hyperparameters={
+            "n_epochs": 2,
+            "batch_size": 2,
+            "learning_rate_multiplier": 2.0,
+            "lr_scheduler": "linear",
+            "step_delay_s": 0.5,
+            "beta": 0.1,  # not an engine knob
+            "output_dir": "/etc",  # never taken from the request
+            "warmup_ratio": "auto",
+        },
+        lora_rank=4,
+        lora_alpha=8.0,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        seed=7,
+        attempt=1,
+    )
+    built = build_train_config(job)
+    cfg = built.config
+    data_dir = Path(settings.DATA_DIR)
+    assert cfg.num_epochs == 2 and cfg.max_steps is None
+    assert cfg.batch_size == 2
+    assert cfg.learning_rate == pytest.approx(4e-4)
+    assert cfg.lr_scheduler == "linear"
+    assert cfg.warmup_ratio == 0.0  # "auto" → engine default
+    assert cfg.step_delay_s == 0.5
+    assert (cfg.rank, cfg.alpha, cfg.dropout, cfg.seed) == (4, 8.0, 0.0, 7)
+    assert cfg.target_modules == ("q_proj", "v_proj")
+    assert cfg.output_dir == str(data_dir / "jobs" / job.id / "run")
+    assert cfg.stop_file == str(data_dir / "jobs" / job.id / "STOP")
+    assert cfg.train_file == str(data_dir / job.training_file.storage_path)
+    assert cfg.base_model_dir == job.base_model.path
+    assert cfg.base_model_name == "tiny-llama"
+    assert cfg.resume is False
+    assert cfg.checkpoint_every == 50
+    assert built.ignored == ["beta", "output_dir"]
+
+
+@pytest.mark.django_db
+def test_it_resumes_on_a_later_attempt_or_when_checkpoints_exist(make_job, user):
+    job = make_job(user, attempt=1)
+    assert build_train_config(job).config.resume is False
+    assert build_train_config(job, attempt=2).config.resume is True
+    manifest = job_paths(job.id).checkpoints_manifest
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("[]")
+    assert build_train_config(job, attempt=1).config.resume is True
+
+
+@pytest.mark.django_db
+def test_it_sets_quant_bits_only_for_qlora(make_job, user):
+    assert build_train_config(make_job(user, method="qlora")).config.quant_bits == 4
+    assert build_train_config(make_job(user, method="lora")).config.quant_bits is None
+
+
+@pytest.mark.django_db
+def test_it_rejects_a_contradictory_config_naming_the_field(make_job, user):
+    job = make_job(user, hyperparameters={"num_epochs": 1, "max_steps": 5})
+    with pytest.raises(ConfigError) as exc:
+        build_train_config(job)
+    assert exc.value.code == "invalid_config"
+    assert exc.value.param == "max_steps"

@@ -1,0 +1,216 @@
+"""The training child process: spawn it, read its JSON lines, stop it.
+
+``python -m lora_engine.train CONFIG.json`` runs as a *spawned* process (CUDA and fork do
+not mix, and a crash or OOM kill of the child must not take the worker with it):
+
+* argument list, no shell; ``stdin`` closed; stdout is a pipe carrying one JSON object per
+  line; stderr goes to ``attempt-<n>.log`` (its tail is attached to failures);
+* its own session / process group, so a Ctrl-C or group signal aimed at the worker does not
+  reach it and we can signal the child *and its descendants* with ``killpg``;
+* ``PR_SET_PDEATHSIG = SIGKILL`` (Linux): if the worker process dies (``kill -9``, OOM), the
+  kernel kills the child too. Without it an orphaned child would keep training and writing
+  checkpoints next to the attempt that resumes the job.
+
+A reader thread turns stdout into parsed lines on a queue so the runner's loop never blocks
+on the pipe and can poll the cancel flag between lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+LINE_TYPES = frozenset({"message", "metrics", "checkpoint", "stopped", "error", "done"})
+# Never hand the child the worker's secrets: the engine reads only its config file.
+SCRUBBED_ENV = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+EOF = object()
+
+_PR_SET_PDEATHSIG = 1
+try:  # Linux only; elsewhere an orphaned child is stopped by the lease/stop file instead.
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):  # pragma: no cover - exotic libc
+    _prctl = None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: keep it tiny
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def python_executable() -> str:
+    return settings.TUNINGLAB.get("PYTHON_EXECUTABLE") or sys.executable
+
+
+def train_command(config_path: str | Path) -> list[str]:
+    """The child's argv. Tests replace this function to run a scripted fake engine."""
+    return [python_executable(), "-m", "lora_engine.train", str(config_path)]
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    # The child runs in the job dir; `-m lora_engine.train` must still find the project.
+    paths = [str(settings.BASE_DIR), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+@dataclass(frozen=True)
+class Line:
+    """One stdout line: ``obj`` is the parsed JSON object, or None when the line is not protocol."""
+
+    raw: str
+    obj: dict[str, Any] | None
+
+    @property
+    def type(self) -> str | None:
+        return self.obj.get("type") if self.obj else None
+
+
+def parse_line(raw: bytes | str) -> Line:
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    text = text.rstrip("\r\n")
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return Line(text, None)
+    if not isinstance(obj, dict) or obj.get("type") not in LINE_TYPES:
+        return Line(text, None)
+    return Line(text, obj)
+
+
+class TrainingChild:
+    """One running child process and the thread draining its stdout."""
+
+    def __init__(self, argv: list[str], *, log_path: Path, cwd: Path | None = None) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.signals_sent: set[int] = set()
+        self._lines: queue.Queue[Any] = queue.Queue()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_fh:
+            # The child inherits its own copy of the log fd; ours closes with the block.
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_fh,
+                cwd=str(self.cwd) if self.cwd else None,
+                env=child_env(),
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # one prctl() call between fork and exec: takes no locks
+            )
+        self._reader = threading.Thread(target=self._read, name=f"child-reader-{self.proc.pid}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            for raw in self.proc.stdout:
+                self._lines.put(parse_line(raw))
+        finally:
+            self._lines.put(EOF)
+
+    def next_line(self, timeout: float) -> Line | object | None:
+        """The next parsed line, ``EOF`` once stdout closed, or None when nothing came in ``timeout``."""
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def signal(self, signum: int) -> None:
+        """Signal the child's whole process group (the child and anything it started)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signals_sent.add(signum)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def stop(self, grace_s: float) -> int | None:
+        """SIGTERM (the engine checkpoints and exits 3), then SIGKILL after ``grace_s``."""
+        self.signal(signal.SIGTERM)
+        rc = self.wait(grace_s)
+        if rc is None:
+            self.kill()
+            rc = self.wait(10)
+        return rc
+
+    def close(self) -> None:
+        """Make sure nothing is left running and the pipe is closed."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.kill()
+            self.wait(10)
+        if self.proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdout.close()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last ``lines`` lines of a log file (reads at most ``max_bytes`` from its end)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    return [line[:500] for line in text.splitlines()[-lines:]]
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` (small helper shared with tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,115 @@
+"""The embedded worker: a thread in the web/CLI process that runs the same ``run_job``.
+
+With no Redis (``TUNINGLAB_INPROCESS_WORKER=True``, the default without ``REDIS_URL``)
+``dispatch_tuning_job`` puts the job id on an in-memory queue that this thread drains one
+job at a time. When idle (and at least every ``SWEEP_SECONDS``) it runs the sweeper, so a
+job left ``running`` by a previous process is re-queued and resumed here. Everything else —
+claim, lease, fencing, child process, relay — is exactly the Celery path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from django.db import connections
+
+from tuninglab.celery import SWEEP_SECONDS
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+_lock = threading.Lock()
+_queue: queue.Queue = queue.Queue()
+_thread: threading.Thread | None = None
+
+
+def submit(job_id: str, queue_name: str = "cpu") -> None:
+    """Queue a wake-up for the embedded worker (starting it on first use)."""
+    ensure_started()
+    _queue.put((job_id, queue_name))
+
+
+def pending() -> int:
+    return _queue.qsize()
+
+
+def ensure_started() -> threading.Thread:
+    global _thread
+    with _lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_loop, name="tuninglab-inprocess-worker", daemon=True)
+            _thread.start()
+        return _thread
+
+
+def stop(timeout: float = 30.0) -> None:
+    """Stop the thread after the job it is running (tests, shutdown)."""
+    global _thread
+    with _lock:
+        thread = _thread
+        _thread = None
+    if thread is not None and thread.is_alive():
+        _queue.put(_STOP)
+        thread.join(timeout)
+
+
+def wait_idle(timeout: float) -> bool:
+    """Block until every submitted wake-up was handled (True) or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _queue.unfinished_tasks == 0:
+            return True
+        time.sleep(0.1)
+    return _queue.unfinished_tasks == 0
+
+
+def run_forever() -> None:
+    """Run the worker loop in the calling thread (``manage.py run_worker``).
+
+    The calling thread registers as *the* worker, so wake-ups this process sends itself
+    (the sweeper's) go to this loop instead of starting a second thread.
+    """
+    global _thread
+    with _lock:
+        if _thread is not None and _thread.is_alive():
+            raise RuntimeError("an in-process worker already runs in this process")
+        _thread = threading.current_thread()
+    try:
+        _loop()
+    finally:
+        with _lock:
+            _thread = None
+
+
+def _loop() -> None:
+    from workers.runner import run_job, worker_identity
+    from workers.sweeper import sweep
+
+    worker_id = worker_identity("inprocess")
+    last_sweep = 0.0
+    while True:
+        if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+            last_sweep = time.monotonic()
+            try:
+                sweep()
+            except Exception:
+                log.exception("in-process sweep failed")
+            finally:
+                connections.close_all()
+        try:
+            item = _queue.get(timeout=SWEEP_SECONDS)
+        except queue.Empty:
+            continue
+        try:
+            if item is _STOP:
+                return
+            job_id, queue_name = item
+            run_job(job_id, worker_id=worker_id, queue=queue_name)
+        except Exception:
+            log.exception("in-process worker: job %s crashed", item)
+        finally:
+            _queue.task_done()
+            connections.close_all()

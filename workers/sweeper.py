@@ -1,0 +1,40 @@
+"""The lease sweeper: re-queue jobs whose worker vanished, and re-dispatch stranded jobs.
+
+Runs on Celery beat (``workers.tasks.sweep_expired_leases``), in the in-process worker's
+idle loop, and from code/tests (``sweep()``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tunings.services.state import tuning_job_requeue_expired
+from workers.dispatch import dispatch_pending
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    requeued: list[str]
+    failed: list[str]
+    dispatched: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sweep(*, now: Any = None) -> SweepResult:
+    """Expired leases → ``queued`` (or ``failed`` past the attempt cap), then wake-ups.
+
+    A re-queued job resumes from its newest complete checkpoint on its next attempt
+    (``resume=true`` in its config). ``dispatch_pending`` also covers jobs that wait for no
+    message at all: the broker lost it, or their owner's limit freed up.
+    """
+    requeued, failed = tuning_job_requeue_expired(now=now)
+    dispatched = dispatch_pending()
+    if requeued or failed or dispatched:
+        log.info("sweep: requeued=%s failed=%s dispatched=%s", requeued, failed, dispatched)
+    return SweepResult(requeued=requeued, failed=failed, dispatched=dispatched)
