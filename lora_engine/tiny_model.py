@@ -26,7 +26,7 @@ import torch
 
 # Bump whenever anything below changes the produced model: the test fixture keys
 # its on-disk cache on this number.
-TINY_MODEL_VERSION = 1
+TINY_MODEL_VERSION = 3
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
@@ -119,6 +119,11 @@ def _portable_tokenizer_config(model_dir: Path) -> None:
     cfg = json.loads(path.read_text(encoding="utf-8"))
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg["chat_template"] = CHAT_TEMPLATE
+    # transformers 4.x wants a dict under extra_special_tokens; the list form is
+    # read by both major versions as additional_special_tokens.
+    extra = cfg.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        cfg["additional_special_tokens"] = extra
     path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 

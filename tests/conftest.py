@@ -76,3 +76,18 @@ def base_model(db, tiny_model_dir):
     from registry.models import BaseModel
 
     return BaseModel.objects.create(name="tiny-llama", path=str(tiny_model_dir), architecture="LlamaForCausalLM")
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """On SQLite, test against a file, not the in-memory default.
+
+    The live-server tests run the in-process worker thread beside the server thread; an
+    in-memory shared-cache database answers "table is locked" at once instead of waiting,
+    while a file database honours the 30 s busy timeout like the embedded setup does.
+    """
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")

@@ -1,0 +1,112 @@
+"""JSON-line progress protocol between the training child process and the worker.
+
+stdout carries exactly one JSON object per line, nothing else (the worker parses
+every line). `claim_stdout()` moves the real stdout aside for the emitter and points
+fd 1 and `sys.stdout` at stderr, so stray prints from libraries cannot corrupt the
+stream. Each line is flushed immediately; with `metrics_file` set it is also
+appended (and flushed) there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from typing import IO, Any
+
+log = logging.getLogger("lora_engine.progress")
+
+LINE_TYPES = ("message", "metrics", "checkpoint", "stopped", "error", "done")
+
+
+def claim_stdout() -> IO[str]:
+    """Return a private handle on the original stdout and redirect fd 1 to stderr."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Inf: report them as null rather than emit invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class ProgressEmitter:
+    """Writes protocol lines to a stream (stdout) and optionally a metrics file."""
+
+    def __init__(self, stream: IO[str] | None = None, metrics_file: str | None = None):
+        self.stream = stream if stream is not None else sys.stdout
+        self._metrics_fh: IO[str] | None = None
+        if metrics_file:
+            os.makedirs(os.path.dirname(os.path.abspath(metrics_file)), exist_ok=True)
+            self._metrics_fh = open(metrics_file, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        self.last_error: dict[str, Any] | None = None
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        if obj.get("type") not in LINE_TYPES:
+            raise ValueError(f"unknown progress line type {obj.get('type')!r}")
+        line = json.dumps(_clean(obj), allow_nan=False, separators=(",", ":"))
+        log.info("%s", line)  # the run's own record in train.log / stderr
+        for fh in (self.stream, self._metrics_fh):
+            if fh is None:
+                continue
+            try:
+                fh.write(line + "\n")
+                fh.flush()
+            except (BrokenPipeError, ValueError):
+                # The worker went away (or the file was closed): keep training, the
+                # checkpoints are the durable record.
+                pass
+
+    def message(self, message: str, level: str = "info") -> None:
+        self.emit({"type": "message", "level": level, "message": message})
+
+    def metrics(self, **fields: Any) -> None:
+        self.emit({"type": "metrics", **fields})
+
+    def checkpoint(self, *, step: int, path: str, metrics: dict[str, Any]) -> None:
+        self.emit({"type": "checkpoint", "step": step, "path": path, "metrics": metrics})
+
+    def stopped(self, *, step: int, checkpoint: str | None) -> None:
+        self.emit({"type": "stopped", "step": step, "checkpoint": checkpoint})
+
+    def error(self, *, code: str, message: str, param: str | None, suggestion: str, step: int | None) -> None:
+        obj = {
+            "type": "error",
+            "code": code,
+            "message": message,
+            "param": param,
+            "suggestion": suggestion,
+            "step": step,
+        }
+        self.last_error = obj
+        self.emit(obj)
+
+    def done(
+        self, *, adapter_dir: str, steps: int, trained_tokens: int, final_loss: float, eval_loss: float | None
+    ) -> None:
+        self.emit(
+            {
+                "type": "done",
+                "adapter_dir": adapter_dir,
+                "steps": steps,
+                "trained_tokens": trained_tokens,
+                "final_loss": final_loss,
+                "eval_loss": eval_loss,
+            }
+        )
+
+    def close(self) -> None:
+        if self._metrics_fh is not None:
+            self._metrics_fh.close()
+            self._metrics_fh = None

@@ -1,0 +1,75 @@
+"""lora_engine stays plain PyTorch: no Django, Celery or DRF, at import time or in the source."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lora_engine
+
+PACKAGE_DIR = Path(lora_engine.__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+FORBIDDEN = ("django", "celery", "rest_framework")
+
+
+def _module_names() -> list[str]:
+    names = []
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = ("lora_engine", *path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(names)
+
+
+def _loaded_forbidden_modules(extra_code: str = "") -> list[str]:
+    """Import every engine module in a fresh interpreter and list forbidden packages it loaded."""
+    code = (
+        "import importlib, json, os, sys\n"
+        "os.environ.pop('DJANGO_SETTINGS_MODULE', None)\n"
+        f"for name in {_module_names()!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"{extra_code}\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN!r}))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _forbidden_imports(source: str, filename: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module",
+            "__import__",
+        ):
+            names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        else:
+            continue
+        found += [f"{filename}:{node.lineno} {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    return found
+
+
+def test_it_imports_every_engine_module_without_django_celery_or_drf() -> None:
+    assert {"lora_engine.lora", "lora_engine.adapter_io", "lora_engine.merge"} <= set(_module_names())
+
+    assert _loaded_forbidden_modules() == []
+    assert _loaded_forbidden_modules("import celery") == ["celery"]  # the probe does see them
+
+
+def test_it_has_no_django_celery_or_drf_import_statements() -> None:
+    offenders = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        offenders += _forbidden_imports(path.read_text(), str(path.relative_to(REPO_ROOT)))
+
+    assert offenders == []
+    assert _forbidden_imports("from rest_framework import views\nimportlib.import_module('django.db')", "x.py") == [
+        "x.py:1 rest_framework",
+        "x.py:2 django.db",
+    ]

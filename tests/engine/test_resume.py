@@ -1,0 +1,115 @@
+"""Kill-and-resume: a resumed run reproduces the uninterrupted run's losses and adapter exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from lora_engine import checkpoint as ckpt
+from lora_engine.train import LoRARecipe
+
+from .conftest import by_type, parse_lines, run_inprocess, start_subprocess
+
+
+def adapter_tensors(output_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(output_dir) / "adapter" / "adapter_model.safetensors"))
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def losses(lines: list[dict]) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in by_type(lines, "metrics")}
+
+
+def test_it_resumes_after_sigkill_with_the_same_losses_and_adapter(make_config, tmp_path):
+    # Dropout on and gradient accumulation: the RNG state and the data position must both
+    # be restored for the trajectories to match.
+    common = {
+        "max_steps": 12,
+        "checkpoint_every": 3,
+        "keep_checkpoints": 5,
+        "grad_accum_steps": 2,
+        "dropout": 0.2,
+        "warmup_ratio": 0.2,
+        "seed": 11,
+    }
+    cfg_a = make_config(output_dir=str(tmp_path / "a"), **common)
+    cfg_b = make_config(output_dir=str(tmp_path / "b"), step_delay_s=0.4, **common)
+
+    proc_a = start_subprocess(cfg_a, tmp_path, "a.json")
+    out_a, err_a = proc_a.communicate(timeout=240)
+    assert proc_a.returncode == 0, err_a[-2000:]
+    lines_a = parse_lines(out_a)
+
+    proc_b = start_subprocess(cfg_b, tmp_path, "b.json")
+    seen = []
+    for raw in proc_b.stdout:
+        seen.append(json.loads(raw))
+        if seen[-1]["type"] == "checkpoint" and seen[-1]["step"] == 6:
+            proc_b.send_signal(signal.SIGKILL)  # no chance to clean up
+            break
+    proc_b.communicate(timeout=60)
+    assert proc_b.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "adapter").exists()
+
+    cfg_b2 = cfg_b.replace(resume=True, step_delay_s=0.0)
+    proc_b2 = start_subprocess(cfg_b2, tmp_path, "b2.json")
+    out_b2, err_b2 = proc_b2.communicate(timeout=240)
+    assert proc_b2.returncode == 0, err_b2[-2000:]
+    lines_b2 = parse_lines(out_b2)
+
+    resumed = next(m["message"] for m in by_type(lines_b2, "message") if m["message"].startswith("resumed"))
+    k = int(resumed.split(" at step ")[1].split(" ")[0])
+    assert k >= 6
+    loss_a, loss_b, loss_b2 = losses(lines_a), losses(seen), losses(lines_b2)
+    assert sorted(loss_b2) == list(range(k + 1, 13))
+    assert all(loss_b[s] == loss_a[s] for s in loss_b)  # before the kill
+    assert all(loss_b2[s] == loss_a[s] for s in loss_b2), (loss_a, loss_b2)  # after the resume
+    done_a, done_b2 = lines_a[-1], lines_b2[-1]
+    assert done_a["type"] == done_b2["type"] == "done"
+    assert done_b2["trained_tokens"] == done_a["trained_tokens"]
+    assert done_b2["final_loss"] == done_a["final_loss"]
+
+    diff = max_abs_diff(adapter_tensors(cfg_a.output_dir), adapter_tensors(cfg_b.output_dir))
+    assert diff <= 1e-6, diff
+    (tmp_path / "resume_diff.txt").write_text(str(diff))
+
+
+def test_it_resumes_a_stopped_packed_run_exactly_in_process(make_config, monkeypatch, tmp_path):
+    common = {"max_steps": 8, "checkpoint_every": 0, "packing": True, "max_seq_len": 96, "seed": 5, "dropout": 0.3}
+    cfg_a = make_config(output_dir=str(tmp_path / "a"), **common)
+    code_a, lines_a = run_inprocess(cfg_a)
+    assert code_a == 0
+
+    cfg_b = make_config(output_dir=str(tmp_path / "b"), **common)
+    monkeypatch.setattr(LoRARecipe, "_should_stop", lambda self: self.step == 5)
+    code_b, lines_b = run_inprocess(cfg_b)
+    assert code_b == 3 and lines_b[-1] == {
+        "type": "stopped",
+        "step": 5,
+        "checkpoint": str(tmp_path / "b" / "checkpoints" / "step-000005"),
+    }
+    monkeypatch.undo()
+
+    code_b2, lines_b2 = run_inprocess(cfg_b.replace(resume=True))
+    assert code_b2 == 0
+    assert losses(lines_b2) == {s: v for s, v in losses(lines_a).items() if s > 5}
+    assert max_abs_diff(adapter_tensors(cfg_a.output_dir), adapter_tensors(cfg_b.output_dir)) == 0.0
+
+
+def test_it_restores_every_rng_stream():
+    import random
+
+    import numpy as np
+
+    state = ckpt.rng_state()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    ckpt.set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
