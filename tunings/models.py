@@ -33,6 +33,9 @@ class TrainingFile(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices)
     validation_errors = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Soft delete: the row stays so finished jobs keep their record (and their FK); every
+    # lookup by the owner treats a deleted file as missing (404). Bytes go when no live row shares them.
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

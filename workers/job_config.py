@@ -137,6 +137,19 @@ def _engine_hyperparameters(job: TuningJob) -> tuple[dict[str, Any], list[str]]:
     return out, sorted(ignored)
 
 
+def deleted_input_file(job: TuningJob) -> tuple[str, str] | None:
+    """``(param, file_id)`` of the first input file of ``job`` that its owner deleted, else None.
+
+    Deleting a file is refused while a job that is not finished uses it, but a retry copies a
+    finished job's file ids into a new queued job; such a job must fail with a clear code
+    instead of training on bytes that may be gone (or, when shared, that the owner disowned).
+    """
+    for param, file in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        if file is not None and file.deleted_at is not None:
+            return param, file.id
+    return None
+
+
 def build_train_config(job: TuningJob, *, attempt: int | None = None) -> BuiltConfig:
     """The TrainConfig for the job's current (or given) attempt.
 

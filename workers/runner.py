@@ -50,7 +50,7 @@ from tunings.services.state import (
     tuning_job_succeed,
 )
 from workers import child as child_mod
-from workers.job_config import JobPaths, build_train_config, job_paths
+from workers.job_config import JobPaths, build_train_config, deleted_input_file, job_paths
 from workers.lease import LeaseKeeper
 from workers.scheduling import claim_next_job
 
@@ -256,6 +256,16 @@ class JobRunner:
     def _prepare(self) -> bool:
         """Build and write the config. False (job failed) when it cannot run at all."""
         job = self.job
+        deleted = deleted_input_file(job)
+        if deleted is not None:
+            param, file_id = deleted
+            self._fail(
+                "file_deleted",
+                f"The {param.replace('_', ' ')} {file_id} was deleted; this job cannot run.",
+                param=param,
+                suggestion="Upload the dataset again and create a new job with the new file id.",
+            )
+            return False
         try:
             built = build_train_config(job, attempt=self.attempt)
         except EngineError as exc:

@@ -296,12 +296,102 @@ def test_it_refuses_to_delete_a_file_a_running_job_uses(api_client, user, settin
     assert len([p for p in stored_files(settings.DATA_DIR) if p.suffix == ".jsonl"]) == 1
 
 
-def test_it_keeps_a_file_a_finished_job_references(api_client, user):
+def test_it_soft_deletes_a_file_a_finished_job_used_and_removes_unshared_bytes(
+    api_client, user, settings, django_capture_on_commit_callbacks
+):
     body = upload_multipart(api_client, "good_openai_chat.jsonl").json()
-    _job(user, TrainingFile.objects.get(id=body["id"]), "succeeded")
-    response = api_client.delete(f"/v1/files/{body['id']}")
+    job = _job(user, TrainingFile.objects.get(id=body["id"]), "succeeded")
+    blob = settings.DATA_DIR / "files" / body["sha256"][:2] / f"{body['sha256']}.jsonl"
+    assert blob.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.delete(f"/v1/files/{body['id']}")
+    assert response.status_code == 200, response.content
+    assert response.json() == {"id": body["id"], "object": "file", "deleted": True}
+    # The file is gone for its owner on every route...
+    for gone in (api_client.get(f"/v1/files/{body['id']}"), api_client.get(f"/v1/files/{body['id']}/content")):
+        assert gone.status_code == 404
+        assert gone.json()["error"]["code"] == "not_found"
+    assert api_client.get("/v1/files").json()["data"] == []
+    assert api_client.delete(f"/v1/files/{body['id']}").status_code == 404
+    # ...its bytes and stats sidecar are gone (no live row shares them)...
+    assert stored_files(settings.DATA_DIR) == []
+    # ...but the row stays for the finished job, which still reads with the file id.
+    row = TrainingFile.objects.get(id=body["id"])
+    assert row.deleted_at is not None
+    job_body = api_client.get(f"/v1/fine_tuning/jobs/{job.id}")
+    assert job_body.status_code == 200, job_body.content
+    assert job_body.json()["training_file"] == body["id"]
+    assert job_body.json()["status"] == "succeeded"
+
+
+def test_it_keeps_the_bytes_another_live_file_shares_when_soft_deleting(
+    api_client, user, settings, django_capture_on_commit_callbacks
+):
+    used = upload_multipart(api_client, "good_openai_chat.jsonl").json()
+    twin = upload_raw(api_client, sample("good_openai_chat.jsonl")).json()
+    assert twin["sha256"] == used["sha256"]
+    _job(user, TrainingFile.objects.get(id=used["id"]), "failed")
+    blob = settings.DATA_DIR / "files" / used["sha256"][:2] / f"{used['sha256']}.jsonl"
+    stats = blob.with_name(f"{used['sha256']}.stats.json")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.delete(f"/v1/files/{used['id']}").status_code == 200
+    assert blob.read_bytes() == sample("good_openai_chat.jsonl")
+    assert stats.exists()
+    content = api_client.get(f"/v1/files/{twin['id']}/content")
+    assert b"".join(content.streaming_content) == sample("good_openai_chat.jsonl")
+    assert [f["id"] for f in api_client.get("/v1/files").json()["data"]] == [twin["id"]]
+    # The soft-deleted row does not keep the bytes: deleting the last live row collects them.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.delete(f"/v1/files/{twin['id']}").status_code == 200
+    assert stored_files(settings.DATA_DIR) == []
+
+
+@pytest.mark.parametrize("status", ["validating_files", "queued", "running"])
+def test_it_refuses_to_delete_a_file_a_pending_job_uses_as_validation_file(api_client, user, status):
+    train = TrainingFile.objects.get(id=upload_multipart(api_client, "good_openai_chat.jsonl").json()["id"])
+    valid_id = upload_multipart(api_client, "good_alpaca.jsonl").json()["id"]
+    job = _job(user, train, status)
+    job.validation_file_id = valid_id
+    job.save(update_fields=["validation_file"])
+    response = api_client.delete(f"/v1/files/{valid_id}")
     assert response.status_code == 409
-    assert response.json()["error"]["code"] == "file_referenced"
+    assert response.json()["error"]["code"] == "file_in_use"
+    assert TrainingFile.objects.get(id=valid_id).deleted_at is None
+
+
+def test_it_refuses_a_new_job_on_a_deleted_file(api_client, user):
+    from registry.models import BaseModel
+
+    BaseModel.objects.create(name="tiny-llama", path="/m", architecture="Llama")
+    file_id = upload_multipart(api_client, "good_openai_chat.jsonl").json()["id"]
+    assert api_client.delete(f"/v1/files/{file_id}").status_code == 200
+    response = api_client.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": file_id}, format="json")
+    assert response.status_code == 404, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("not_found", "training_file")
+
+
+def test_it_refuses_the_job_when_the_file_is_deleted_while_the_job_is_being_created(api_client, user, monkeypatch):
+    """Delete wins the race after create's first check: the re-check under the row lock answers 404."""
+    from django.utils import timezone
+
+    import tunings.services.jobs as jobs_service
+    from registry.models import BaseModel
+    from tunings.models import TuningJob
+
+    BaseModel.objects.create(name="tiny-llama", path="/m", architecture="Llama")
+    file_id = upload_multipart(api_client, "good_openai_chat.jsonl").json()["id"]
+    real_resolve = jobs_service.resolve_hyperparameters
+
+    def resolve_then_delete(**kwargs):
+        TrainingFile.objects.filter(id=file_id).update(deleted_at=timezone.now())
+        return real_resolve(**kwargs)
+
+    monkeypatch.setattr(jobs_service, "resolve_hyperparameters", resolve_then_delete)
+    response = api_client.post("/v1/fine_tuning/jobs", {"model": "tiny-llama", "training_file": file_id}, format="json")
+    assert response.status_code == 404, response.content
+    assert response.json()["error"]["param"] == "training_file"
+    assert TuningJob.objects.count() == 0
 
 
 def test_it_replays_an_upload_with_the_same_idempotency_key(api_client, settings):

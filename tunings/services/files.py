@@ -3,12 +3,13 @@
 Storage layout under ``settings.DATA_DIR``::
 
     tmp/upload-<random>.part           bytes being received (deleted on any failure)
-    files/<sha256[:2]>/<sha256>.jsonl   the content, shared by every row with that content
+    files/<sha256[:2]>/<sha256>.jsonl   the content, shared by every live row with that content
     files/<sha256[:2]>/<sha256>.stats.json   dataset stats of that content (derived, cheap to rebuild)
     files/.lock                         flock serialising "place blob / add row" with "drop row / GC blob"
 
 The rule is "bad input gets a clear error, never half-written": an upload that is too large
-or invalid leaves no row and no bytes; a stored row always has its bytes. Bytes are fsynced
+or invalid leaves no row and no bytes; a live row always has its bytes (a soft-deleted row,
+kept for the jobs that used it, may not). Bytes are fsynced
 before the rename that publishes them, and the row is inserted after they are in place.
 """
 
@@ -31,9 +32,10 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db import transaction
-from django.db.models import ProtectedError, Q
+from django.db.models import Q
+from django.utils import timezone
 
-from tuninglab.errors import ConflictError, InvalidRequestError, PayloadTooLargeError
+from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError, PayloadTooLargeError
 from tunings.datasets import ValidationReport, validate_jsonl
 from tunings.models import TrainingFile, TuningJob
 
@@ -307,8 +309,12 @@ def _place_blob(staged: StagedUpload) -> bool:
 
 
 def _drop_blob_if_unused(sha256: str) -> None:
-    """Delete a blob (and its stats) that no row references any more. Call under the lock."""
-    if TrainingFile.objects.filter(sha256=sha256).exists():
+    """Delete a blob (and its stats) that no live row references any more. Call under the lock.
+
+    Soft-deleted rows do not keep bytes: a finished job whose file was deleted keeps the file's
+    id and metadata, not its content.
+    """
+    if TrainingFile.objects.filter(sha256=sha256, deleted_at__isnull=True).exists():
         return
     (_data_dir() / blob_relpath(sha256)).unlink(missing_ok=True)
     (_data_dir() / stats_relpath(sha256)).unlink(missing_ok=True)
@@ -387,38 +393,37 @@ def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, pur
 
 
 def training_file_delete(*, file: TrainingFile) -> None:
-    """Delete a file row; its bytes go when no other row has the same content.
+    """Soft-delete a file: set ``deleted_at``; its bytes go when no other live row has the same content.
+
+    The row stays because finished jobs reference it (their ``training_file`` keeps answering
+    with its id, as OpenAI's does); every owner-facing lookup treats a deleted file as missing.
 
     Raises:
-        ConflictError: 409 ``file_in_use`` while a job that is not finished uses it;
-            ``file_referenced`` when finished jobs still reference it (they keep it for their record).
+        ConflictError: 409 ``file_in_use`` while a job that is not finished uses it.
+        NotFoundError: 404 when the file was deleted meanwhile (a concurrent delete won).
     """
-    jobs = TuningJob.objects.filter(Q(training_file=file) | Q(validation_file=file))
-    active = jobs.filter(status__in=NON_TERMINAL).values_list("id", "status").first()
-    if active:
-        raise ConflictError(
-            f"File {file.id} is used by job {active[0]}, which is {active[1]}.",
-            code="file_in_use",
-            param="file_id",
-            suggestion="Cancel the job or wait for it to finish, then delete the file.",
-        )
-    finished = jobs.values_list("id", flat=True).first()
-    if finished:
-        raise ConflictError(
-            f"File {file.id} is referenced by finished job {finished}, which keeps it as its training record.",
-            code="file_referenced",
-            param="file_id",
-        )
-    sha256 = file.sha256
-    try:
-        with transaction.atomic():
-            file.delete()
-    except ProtectedError:
-        # A job was created with this file between our check and the delete.
-        raise ConflictError(
-            f"File {file.id} was just attached to a job.", code="file_in_use", param="file_id"
-        ) from None
-    transaction.on_commit(partial(_collect_blob, sha256))
+    with transaction.atomic():
+        # Lock the row: a job create locks it too before inserting its job, so either the
+        # create sees ``deleted_at`` (404) or we see its job here (409) - never a queued job
+        # on a deleted file. (The job's FK insert also takes a key-share lock on this row in PG.)
+        locked = TrainingFile.objects.select_for_update().filter(id=file.id, deleted_at__isnull=True).first()
+        if locked is None:
+            raise NotFoundError(f"No such file: {file.id}.", code="not_found", param="file_id")
+        jobs = TuningJob.objects.filter(Q(training_file=locked) | Q(validation_file=locked))
+        active = jobs.filter(status__in=NON_TERMINAL).values_list("id", "status").first()
+        if active:
+            raise ConflictError(
+                f"File {file.id} is used by job {active[0]}, which is {active[1]}.",
+                code="file_in_use",
+                param="file_id",
+                suggestion="Cancel the job or wait for it to finish, then delete the file.",
+            )
+        locked.deleted_at = timezone.now()
+        locked.save(update_fields=["deleted_at"])
+        file.deleted_at = locked.deleted_at
+        # After commit, under the storage lock: an upload of the same content that commits
+        # later puts its bytes back itself (_ensure_blob_after_commit).
+        transaction.on_commit(partial(_collect_blob, locked.sha256))
 
 
 def _collect_blob(sha256: str) -> None:

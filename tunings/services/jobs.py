@@ -398,8 +398,9 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
 
 
 def _usable_file(*, owner: Any, file_id: str, param: str) -> TrainingFile:
-    """The caller's processed fine-tune file. Another owner's file is as unknown as a missing one (404)."""
-    file = TrainingFile.objects.filter(id=file_id, owner=owner).first()
+    """The caller's processed fine-tune file. Another owner's file, or a deleted one, is as unknown
+    as a missing one (404)."""
+    file = TrainingFile.objects.filter(id=file_id, owner=owner, deleted_at__isnull=True).first()
     if file is None:
         raise NotFoundError(f"No such file: {file_id}.", code="not_found", param=param)
     if file.status != TrainingFile.Status.PROCESSED:
@@ -416,6 +417,20 @@ def _usable_file(*, owner: Any, file_id: str, param: str) -> TrainingFile:
             param=param,
         )
     return file
+
+
+def _lock_live_files(*, files: list[TrainingFile | None]) -> None:
+    """Lock the rows of ``files`` (inside a transaction) and 404 if one was deleted meanwhile."""
+    ids = {f.id for f in files if f is not None}
+    live = set(
+        TrainingFile.objects.select_for_update()
+        .filter(id__in=ids, deleted_at__isnull=True)
+        .order_by("id")  # a fixed lock order: two creates never wait on each other crosswise
+        .values_list("id", flat=True)
+    )
+    for file, param in zip(files, ("training_file", "validation_file"), strict=True):
+        if file is not None and file.id not in live:
+            raise NotFoundError(f"No such file: {file.id}.", code="not_found", param=param)
 
 
 def resolve_hyperparameters(
@@ -517,6 +532,9 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
     )
     queue = queue_for_resources(spec.resources)
     with transaction.atomic():
+        # Lock the files and re-check them: a concurrent delete either committed first (we
+        # answer 404 here) or waits for our job to commit and then refuses with file_in_use.
+        _lock_live_files(files=[training, validation])
         try:
             # Savepoint: on PostgreSQL a failed INSERT poisons the transaction unless rolled back.
             with transaction.atomic():
