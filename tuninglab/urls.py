@@ -6,8 +6,11 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from tuninglab.apis import HealthApi
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("healthz", HealthApi.as_view(), name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("tunings.file_urls")),

@@ -1,0 +1,132 @@
+"""Admin for the registry: register base models (validated by the same service as the
+``register_base_model`` command), and read-only views of versions, aliases and their history.
+
+Alias moves (promote, rollback) are registry services with their own audit trail; the
+admin shows them but does not edit them directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from registry.models import Alias, AliasEvent, BaseModel, ModelVersion
+from registry.services import BaseModelError, base_model_inspect, base_model_name_validate, base_model_register
+from tuninglab.errors import ApiError
+
+
+class BaseModelForm(forms.ModelForm):
+    """Name, path, description; ``clean`` runs the service's checks so errors show on the form."""
+
+    class Meta:
+        model = BaseModel
+        fields = ["name", "path", "description"]
+        help_texts = {
+            "name": "Lowercase letters, digits, '.', '_' or '-' (e.g. llama-3.1-8b).",
+            "path": "Absolute path of a local Hugging Face model directory on the worker hosts "
+            "(config.json, tokenizer, *.safetensors).",
+        }
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        name = data.get("name") if "name" in self.fields else self.instance.name
+        path = data.get("path")
+        try:
+            if name is not None:
+                base_model_name_validate(name)
+            if path:
+                info = base_model_inspect(path=path)
+                data["path"] = str(info.path)
+        except BaseModelError as exc:
+            field = exc.param if exc.param in self.fields else None
+            self.add_error(field, f"{exc.message} {exc.suggestion or ''}".strip())
+        return data
+
+
+@admin.register(BaseModel)
+class BaseModelAdmin(admin.ModelAdmin):
+    form = BaseModelForm
+    list_display = ["name", "architecture", "parameters_display", "path", "created_at"]
+    search_fields = ["name", "architecture", "path"]
+    readonly_fields = ["architecture", "parameter_count", "created_at"]
+
+    @admin.display(description="parameters", ordering="parameter_count")
+    def parameters_display(self, obj: BaseModel) -> str:
+        n = obj.parameter_count
+        for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if n >= scale:
+                return f"{n / scale:.1f}{unit}"
+        return str(n)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: BaseModel | None = None) -> list[str]:
+        # Renaming would orphan every reference by name (API requests, configs): re-register instead.
+        return self.readonly_fields + (["name"] if obj is not None else [])
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: BaseModel, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        try:
+            row = base_model_register(name=obj.name, path=data["path"], description=data.get("description", "") or "")
+        except ApiError as exc:
+            # The form already ran the same checks; this is a race (files moved, or jobs
+            # started using the name). Django admin cannot turn save_model errors into form
+            # errors, so fail loudly rather than pretend it saved.
+            raise forms.ValidationError(exc.message) from exc
+        obj.pk = row.pk
+        obj.path, obj.architecture, obj.parameter_count = row.path, row.architecture, row.parameter_count
+        obj.description, obj.created_at = row.description, row.created_at
+        obj._state.adding = False
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(_ReadOnlyAdmin):
+    list_display = ["name", "version", "owner", "base_model", "job", "mlflow_run_id", "created_at"]
+    list_filter = ["base_model", ("owner", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["id", "name", "owner__username", "job__id"]
+    list_select_related = ["owner", "base_model", "job"]
+
+
+class AliasEventInline(admin.TabularInline):
+    model = AliasEvent
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "from_version", "to_version", "actor", "reason"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Alias)
+class AliasAdmin(_ReadOnlyAdmin):
+    list_display = ["model_name", "alias", "version", "updated_at"]
+    search_fields = ["model_name", "alias"]
+    list_select_related = ["version"]
+    inlines = [AliasEventInline]
+
+
+@admin.register(AliasEvent)
+class AliasEventAdmin(_ReadOnlyAdmin):
+    list_display = ["alias", "from_version", "to_version", "actor", "reason", "created_at"]
+    list_filter = [("actor", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["alias__model_name", "alias__alias", "reason"]
+    list_select_related = ["alias", "from_version", "to_version", "actor"]
