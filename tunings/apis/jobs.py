@@ -7,6 +7,8 @@ seed style (``/v1/tunings.create`` ...), resource style (``/v1/tunings/{id}``) a
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +19,12 @@ from tunings.selectors.jobs import checkpoint_list, job_event_list, tuning_job_g
 from tunings.serializers.jobs import checkpoint_to_dict, event_to_dict, job_status_to_dict, job_to_dict
 from tunings.services.jobs import job_spec_from_payload, tuning_job_create
 from tunings.services.state import tuning_job_cancel
+
+# Objects are documented in docs/api.md; the schema names the operations and their parameters.
+_OBJECT = OpenApiTypes.OBJECT
+_PAGE = [OpenApiParameter("after", str), OpenApiParameter("limit", int)]
+_FILTERS = [*_PAGE, OpenApiParameter("status", str), OpenApiParameter("model", str)]
+_CREATE = extend_schema(request=_OBJECT, responses=_OBJECT)
 
 
 def _create(request: Request, status: int) -> Response:
@@ -35,6 +43,7 @@ class JobCreateApi(APIView):
 
     created_status = 201
 
+    @_CREATE
     @idempotent
     def post(self, request: Request) -> Response:
         return _create(request, self.created_status)
@@ -43,6 +52,7 @@ class JobCreateApi(APIView):
 class JobListApi(APIView):
     """The caller's jobs, newest first; filters ``status``, ``model``, ``metadata[key]=value``."""
 
+    @extend_schema(parameters=_FILTERS, responses=_OBJECT)
     def get(self, request: Request) -> Response:
         return _list(request)
 
@@ -52,9 +62,11 @@ class JobCollectionApi(APIView):
 
     created_status = 201
 
+    @extend_schema(parameters=_FILTERS, responses=_OBJECT)
     def get(self, request: Request) -> Response:
         return _list(request)
 
+    @_CREATE
     @idempotent
     def post(self, request: Request) -> Response:
         return _create(request, self.created_status)
@@ -63,6 +75,7 @@ class JobCollectionApi(APIView):
 class JobDetailApi(APIView):
     """One job by path id."""
 
+    @extend_schema(responses=_OBJECT)
     def get(self, request: Request, job_id: str) -> Response:
         return Response(job_to_dict(tuning_job_get(owner=request.user, job_id=job_id)))
 
@@ -70,6 +83,7 @@ class JobDetailApi(APIView):
 class JobStatusApi(APIView):
     """``GET /v1/tunings.get?job_id=``: the job object with ``progress`` as ``"60%"``."""
 
+    @extend_schema(parameters=[OpenApiParameter("job_id", str, required=True)], responses=_OBJECT)
     def get(self, request: Request) -> Response:
         job = tuning_job_get(owner=request.user, job_id=request.query_params.get("job_id"))
         return Response(job_status_to_dict(job))
@@ -78,6 +92,7 @@ class JobStatusApi(APIView):
 class JobCancelApi(APIView):
     """Cancel by path id: at once when not started, at the next step boundary when running; 409 when finished."""
 
+    @extend_schema(request=None, responses=_OBJECT)
     @idempotent
     def post(self, request: Request, job_id: str) -> Response:
         job = tuning_job_get(owner=request.user, job_id=job_id)
@@ -88,6 +103,7 @@ class JobCancelApi(APIView):
 class JobCancelByBodyApi(APIView):
     """``POST /v1/tunings.cancel {"job_id"}``: same as JobCancelApi."""
 
+    @extend_schema(request=_OBJECT, responses=_OBJECT)
     @idempotent
     def post(self, request: Request) -> Response:
         job_id = request.data.get("job_id") if hasattr(request.data, "get") else None
@@ -99,6 +115,7 @@ class JobCancelByBodyApi(APIView):
 class JobEventListApi(APIView):
     """A job's events, newest first, paginated with ``after``/``limit``."""
 
+    @extend_schema(parameters=_PAGE, responses=_OBJECT)
     def get(self, request: Request, job_id: str) -> Response:
         job = tuning_job_get(owner=request.user, job_id=job_id)
         events, has_more = paginate(job_event_list(job=job), request)
@@ -108,6 +125,7 @@ class JobEventListApi(APIView):
 class JobCheckpointListApi(APIView):
     """A job's checkpoints, highest step first, paginated with ``after``/``limit``."""
 
+    @extend_schema(parameters=_PAGE, responses=_OBJECT)
     def get(self, request: Request, job_id: str) -> Response:
         job = tuning_job_get(owner=request.user, job_id=job_id)
         checkpoints, has_more = paginate(checkpoint_list(job=job), request)
