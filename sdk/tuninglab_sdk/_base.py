@@ -12,13 +12,17 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx
 
 from tuninglab_sdk._errors import APIConnectionError, APITimeoutError, TuningLabError, make_status_error
 from tuninglab_sdk._retry import retry_delay, should_retry_response
 from tuninglab_sdk._version import __version__
+
+if TYPE_CHECKING:
+    # typing.Unpack is 3.11+, the SDK supports 3.10: annotations are strings, so checkers only.
+    from typing_extensions import Unpack
 
 log = logging.getLogger("tuninglab_sdk")
 
@@ -59,6 +63,18 @@ TimeoutTypes = float | httpx.Timeout | None
 FilesFactory = Callable[[], Mapping[str, Any]]
 
 
+class RequestOptions(TypedDict, total=False):
+    """The keyword options of ``_request`` (sync and async alike); defaults in ``_BaseClient._prepare``."""
+
+    params: Mapping[str, Any] | None
+    json: Any
+    files: FilesFactory | None
+    data: Mapping[str, Any] | None
+    timeout: TimeoutTypes | _NotGiven
+    idempotency_key: str | None
+    max_retries: int | None
+
+
 def _normalise_base_url(base_url: str) -> str:
     """Accept ``http://host:8000``, ``.../`` and ``.../v1`` alike; paths carry ``/v1`` themselves."""
     url = base_url.rstrip("/")
@@ -71,6 +87,13 @@ def _as_timeout(timeout: TimeoutTypes) -> httpx.Timeout:
     if isinstance(timeout, httpx.Timeout):
         return timeout
     return httpx.Timeout(timeout)
+
+
+def _connection_error(exc: httpx.TransportError) -> APIConnectionError:
+    """The SDK error for a request that got no HTTP answer (a timeout is its own subclass)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(request=getattr(exc, "_request", None))
+    return APIConnectionError(f"Connection error: {exc}", request=getattr(exc, "_request", None))
 
 
 class _BaseClient:
@@ -127,6 +150,72 @@ class _BaseClient:
                 f"{response.headers.get('content-type', 'no content type')}."
             ) from exc
 
+    def _prepare(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        files: FilesFactory | None = None,
+        data: Mapping[str, Any] | None = None,
+        timeout: TimeoutTypes | _NotGiven = NOT_GIVEN,
+        idempotency_key: str | None = None,
+        max_retries: int | None = None,
+    ) -> tuple[int, Callable[[], dict[str, Any]]]:
+        """Build one logical request: its retry budget and a factory of ``httpx`` request kwargs.
+
+        The headers (so the Idempotency-Key) are fixed once and shared by every attempt; the
+        factory re-runs ``files`` so each attempt sends the upload from its start.
+        """
+        headers = self._headers(method, idempotency_key)
+        retries = self.max_retries if max_retries is None else max_retries
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+
+        def attempt_kwargs() -> dict[str, Any]:
+            return {
+                "method": method,
+                "url": self._url(path),
+                "params": params or None,
+                "json": json,
+                "files": files() if files else None,
+                "data": data,
+                "headers": headers,
+                "timeout": self._timeout_for(timeout),
+            }
+
+        return retries, attempt_kwargs
+
+    def _transport_retry_delay(
+        self, exc: httpx.TransportError, attempt: int, retries: int, method: str, path: str
+    ) -> float:
+        """Seconds to wait before retrying after ``exc``; raises the SDK error when out of retries.
+
+        Called from the ``except`` block of an attempt, so the raised error chains ``exc``.
+        """
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            raise APIConnectionError(f"Bad base URL {self.base_url!r}: {exc}") from exc
+        if attempt < retries:
+            delay = retry_delay(attempt, None)
+            log.info("%s %s: %s; retrying in %.2fs", method, path, type(exc).__name__, delay)
+            return delay or 0.0
+        raise _connection_error(exc) from exc
+
+    @staticmethod
+    def _status_retry_delay(
+        response: httpx.Response, attempt: int, retries: int, method: str, path: str
+    ) -> float | None:
+        """Seconds to wait before retrying a failed answer; None when it is final (raise it)."""
+        if attempt < retries and should_retry_response(response):
+            delay = retry_delay(attempt, response)
+            if delay is not None:
+                log.info("%s %s: HTTP %s; retrying in %.2fs", method, path, response.status_code, delay)
+            return delay
+        return None
+
+    def _sse_headers(self) -> dict[str, str]:
+        return {**self._headers("POST", None), "Accept": "text/event-stream"}
+
 
 class SyncAPIClient(_BaseClient):
     """Blocking transport with retries. ``http_client`` lets you pass proxies, TLS settings or a
@@ -172,52 +261,23 @@ class SyncAPIClient(_BaseClient):
         self,
         method: str,
         path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        files: FilesFactory | None = None,
-        data: Mapping[str, Any] | None = None,
-        timeout: TimeoutTypes | _NotGiven = NOT_GIVEN,
-        idempotency_key: str | None = None,
-        max_retries: int | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any:
         """Send one logical request, retrying per :mod:`tuninglab_sdk._retry`; return the decoded JSON."""
-        headers = self._headers(method, idempotency_key)
-        retries = self.max_retries if max_retries is None else max_retries
-        params = {k: v for k, v in (params or {}).items() if v is not None}
+        retries, attempt_kwargs = self._prepare(method, path, **options)
         for attempt in range(retries + 1):
             try:
-                response = self._http.request(
-                    method,
-                    self._url(path),
-                    params=params or None,
-                    json=json,
-                    files=files() if files else None,
-                    data=data,
-                    headers=headers,
-                    timeout=self._timeout_for(timeout),
-                )
-            except httpx.UnsupportedProtocol as exc:
-                raise APIConnectionError(f"Bad base URL {self.base_url!r}: {exc}") from exc
+                response = self._http.request(**attempt_kwargs())
             except httpx.TransportError as exc:
-                if attempt < retries:
-                    delay = retry_delay(attempt, None)
-                    log.info("%s %s: %s; retrying in %.2fs", method, path, type(exc).__name__, delay)
-                    self._sleep(delay or 0.0)
-                    continue
-                if isinstance(exc, httpx.TimeoutException):
-                    raise APITimeoutError(request=getattr(exc, "_request", None)) from exc
-                raise APIConnectionError(f"Connection error: {exc}", request=getattr(exc, "_request", None)) from exc
+                self._sleep(self._transport_retry_delay(exc, attempt, retries, method, path))
+                continue
             if response.is_success:
                 return self._decode(response)
-            if attempt < retries and should_retry_response(response):
-                delay = retry_delay(attempt, response)
-                if delay is not None:
-                    log.info("%s %s: HTTP %s; retrying in %.2fs", method, path, response.status_code, delay)
-                    response.close()
-                    self._sleep(delay)
-                    continue
-            raise make_status_error(response)
+            delay = self._status_retry_delay(response, attempt, retries, method, path)
+            if delay is None:
+                raise make_status_error(response)
+            response.close()
+            self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _stream_sse(
@@ -227,11 +287,9 @@ class SyncAPIClient(_BaseClient):
 
         Not retried: once tokens have streamed out, a resend would duplicate them.
         """
-        headers = self._headers("POST", None)
-        headers["Accept"] = "text/event-stream"
         try:
             with self._http.stream(
-                "POST", self._url(path), json=json, headers=headers, timeout=self._timeout_for(timeout)
+                "POST", self._url(path), json=json, headers=self._sse_headers(), timeout=self._timeout_for(timeout)
             ) as response:
                 if not response.is_success:
                     response.read()
@@ -242,10 +300,8 @@ class SyncAPIClient(_BaseClient):
                         return
                     if payload is not None:
                         yield payload
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(request=getattr(exc, "_request", None)) from exc
         except httpx.TransportError as exc:
-            raise APIConnectionError(f"Connection error: {exc}", request=getattr(exc, "_request", None)) from exc
+            raise _connection_error(exc) from exc
 
 
 class AsyncAPIClient(_BaseClient):
@@ -288,61 +344,30 @@ class AsyncAPIClient(_BaseClient):
         self,
         method: str,
         path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        files: FilesFactory | None = None,
-        data: Mapping[str, Any] | None = None,
-        timeout: TimeoutTypes | _NotGiven = NOT_GIVEN,
-        idempotency_key: str | None = None,
-        max_retries: int | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Any:
-        headers = self._headers(method, idempotency_key)
-        retries = self.max_retries if max_retries is None else max_retries
-        params = {k: v for k, v in (params or {}).items() if v is not None}
+        retries, attempt_kwargs = self._prepare(method, path, **options)
         for attempt in range(retries + 1):
             try:
-                response = await self._http.request(
-                    method,
-                    self._url(path),
-                    params=params or None,
-                    json=json,
-                    files=files() if files else None,
-                    data=data,
-                    headers=headers,
-                    timeout=self._timeout_for(timeout),
-                )
-            except httpx.UnsupportedProtocol as exc:
-                raise APIConnectionError(f"Bad base URL {self.base_url!r}: {exc}") from exc
+                response = await self._http.request(**attempt_kwargs())
             except httpx.TransportError as exc:
-                if attempt < retries:
-                    delay = retry_delay(attempt, None)
-                    log.info("%s %s: %s; retrying in %.2fs", method, path, type(exc).__name__, delay)
-                    await self._sleep(delay or 0.0)
-                    continue
-                if isinstance(exc, httpx.TimeoutException):
-                    raise APITimeoutError(request=getattr(exc, "_request", None)) from exc
-                raise APIConnectionError(f"Connection error: {exc}", request=getattr(exc, "_request", None)) from exc
+                await self._sleep(self._transport_retry_delay(exc, attempt, retries, method, path))
+                continue
             if response.is_success:
                 return self._decode(response)
-            if attempt < retries and should_retry_response(response):
-                delay = retry_delay(attempt, response)
-                if delay is not None:
-                    log.info("%s %s: HTTP %s; retrying in %.2fs", method, path, response.status_code, delay)
-                    await response.aclose()
-                    await self._sleep(delay)
-                    continue
-            raise make_status_error(response)
+            delay = self._status_retry_delay(response, attempt, retries, method, path)
+            if delay is None:
+                raise make_status_error(response)
+            await response.aclose()
+            await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _stream_sse(
         self, path: str, *, json: Any, timeout: TimeoutTypes | _NotGiven = NOT_GIVEN
     ) -> AsyncIterator[dict[str, Any]]:
-        headers = self._headers("POST", None)
-        headers["Accept"] = "text/event-stream"
         try:
             async with self._http.stream(
-                "POST", self._url(path), json=json, headers=headers, timeout=self._timeout_for(timeout)
+                "POST", self._url(path), json=json, headers=self._sse_headers(), timeout=self._timeout_for(timeout)
             ) as response:
                 if not response.is_success:
                     await response.aread()
@@ -353,7 +378,5 @@ class AsyncAPIClient(_BaseClient):
                         return
                     if payload is not None:
                         yield payload
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(request=getattr(exc, "_request", None)) from exc
         except httpx.TransportError as exc:
-            raise APIConnectionError(f"Connection error: {exc}", request=getattr(exc, "_request", None)) from exc
+            raise _connection_error(exc) from exc

@@ -15,6 +15,21 @@ if TYPE_CHECKING:
 FILES_PATH = "/v1/files"
 
 
+def _upload_options(upload: Upload, purpose: str, timeout: TimeoutTypes, idempotency_key: str | None) -> dict[str, Any]:
+    """The ``_request`` options of an upload: the multipart factory (re-run per retry) and ``purpose``."""
+    return {
+        "files": upload,
+        "data": {"purpose": purpose},
+        "timeout": timeout,
+        "idempotency_key": idempotency_key,
+    }
+
+
+def _deleted(file_id: str, body: Any) -> dict[str, Any]:
+    """The server's delete answer, or the OpenAI-shaped one when it sent none (204)."""
+    return body or {"id": file_id, "deleted": True}
+
+
 class Files:
     def __init__(self, client: SyncAPIClient) -> None:
         self._client = client
@@ -35,12 +50,7 @@ class Files:
         upload = Upload(file)
         try:
             body = self._client._request(
-                "POST",
-                FILES_PATH,
-                files=upload,
-                data={"purpose": purpose},
-                timeout=timeout,
-                idempotency_key=idempotency_key,
+                "POST", FILES_PATH, **_upload_options(upload, purpose, timeout, idempotency_key)
             )
         finally:
             upload.close()
@@ -72,10 +82,7 @@ class Files:
 
     def delete(self, file_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> dict[str, Any]:
         """Delete a file; returns ``{"id", "object": "file", "deleted": true}``."""
-        return self._client._request("DELETE", f"{FILES_PATH}/{file_id}", timeout=timeout) or {
-            "id": file_id,
-            "deleted": True,
-        }
+        return _deleted(file_id, self._client._request("DELETE", f"{FILES_PATH}/{file_id}", timeout=timeout))
 
 
 class AsyncFiles:
@@ -93,12 +100,7 @@ class AsyncFiles:
         upload = Upload(file)
         try:
             body = await self._client._request(
-                "POST",
-                FILES_PATH,
-                files=upload,
-                data={"purpose": purpose},
-                timeout=timeout,
-                idempotency_key=idempotency_key,
+                "POST", FILES_PATH, **_upload_options(upload, purpose, timeout, idempotency_key)
             )
         finally:
             upload.close()
@@ -127,7 +129,4 @@ class AsyncFiles:
         return AsyncPager(fetch, after=after)
 
     async def delete(self, file_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> dict[str, Any]:
-        return await self._client._request("DELETE", f"{FILES_PATH}/{file_id}", timeout=timeout) or {
-            "id": file_id,
-            "deleted": True,
-        }
+        return _deleted(file_id, await self._client._request("DELETE", f"{FILES_PATH}/{file_id}", timeout=timeout))

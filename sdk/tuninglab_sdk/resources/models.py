@@ -8,10 +8,10 @@ without them they raise :class:`FeatureUnavailableError` instead of a confusing 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuninglab_sdk._base import NOT_GIVEN, TimeoutTypes
 from tuninglab_sdk._errors import APIStatusError, FeatureUnavailableError
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 MODELS_PATH = "/v1/models"
 CHAT_PATH = "/v1/chat/completions"
+
+T = TypeVar("T")
 
 
 def _is_pending(exc: APIStatusError) -> bool:
@@ -45,28 +47,38 @@ def _pending_error(exc: APIStatusError, feature: str) -> FeatureUnavailableError
     )
 
 
+def _unavailable(exc: APIStatusError, feature: str) -> FeatureUnavailableError | None:
+    """The error to raise instead of ``exc`` when its route is missing; None to re-raise ``exc``."""
+    if isinstance(exc, FeatureUnavailableError) or not _is_pending(exc):
+        return None
+    return _pending_error(exc, feature)
+
+
 @contextmanager
 def _feature(name: str) -> Iterator[None]:
     try:
         yield
-    except FeatureUnavailableError:
-        raise
     except APIStatusError as exc:
-        if _is_pending(exc):
-            raise _pending_error(exc, name) from exc
-        raise
+        unavailable = _unavailable(exc, name)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
 
 
 @asynccontextmanager
 async def _afeature(name: str) -> AsyncIterator[None]:
     try:
         yield
-    except FeatureUnavailableError:
-        raise
     except APIStatusError as exc:
-        if _is_pending(exc):
-            raise _pending_error(exc, name) from exc
-        raise
+        unavailable = _unavailable(exc, name)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
+
+
+def _rows(body: Any, parse: Callable[[dict[str, Any]], T]) -> list[T]:
+    """The ``data`` list of a list answer, parsed (an empty answer is an empty list)."""
+    return [parse(row) for row in (body or {}).get("data") or []]
 
 
 def _promote_body(version: str | int | None, alias: str, reason: str | None) -> dict[str, Any]:
@@ -76,6 +88,11 @@ def _promote_body(version: str | int | None, alias: str, reason: str | None) -> 
     if reason:
         body["reason"] = reason
     return body
+
+
+# promote and rollback are one operation, moving an alias: (route action, feature name for errors).
+_PROMOTE = ("promote", "Model promotion")
+_ROLLBACK = ("rollback", "Model rollback")
 
 
 class Models:
@@ -88,13 +105,13 @@ class Models:
         """Models you can call: base models and adapter aliases (``GET /v1/models``)."""
         with _feature("The model list"):
             body = self._client._request("GET", MODELS_PATH, timeout=timeout)
-        return [Model.from_dict(row) for row in (body or {}).get("data") or []]
+        return _rows(body, Model.from_dict)
 
     def versions(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[ModelVersion]:
         """Registered adapter versions of ``name``, newest first."""
         with _feature("The model registry"):
             body = self._client._request("GET", f"{MODELS_PATH}/{name}/versions", timeout=timeout)
-        return [ModelVersion.from_dict(row) for row in (body or {}).get("data") or []]
+        return _rows(body, ModelVersion.from_dict)
 
     def promote(
         self,
@@ -106,10 +123,7 @@ class Models:
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> dict[str, Any]:
         """Point ``alias`` of ``name`` at ``version`` (default: the newest); returns the server's answer."""
-        with _feature("Model promotion"):
-            return self._client._request(
-                "POST", f"{MODELS_PATH}/{name}/promote", json=_promote_body(version, alias, reason), timeout=timeout
-            )
+        return self._move_alias(_PROMOTE, name, version, alias, reason, timeout)
 
     def rollback(
         self,
@@ -121,9 +135,21 @@ class Models:
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> dict[str, Any]:
         """Move ``alias`` back to the previous version (or ``to_version``); returns the server's answer."""
-        with _feature("Model rollback"):
+        return self._move_alias(_ROLLBACK, name, to_version, alias, reason, timeout)
+
+    def _move_alias(
+        self,
+        op: tuple[str, str],
+        name: str,
+        version: str | int | None,
+        alias: str,
+        reason: str | None,
+        timeout: TimeoutTypes,
+    ) -> dict[str, Any]:
+        action, feature = op
+        with _feature(feature):
             return self._client._request(
-                "POST", f"{MODELS_PATH}/{name}/rollback", json=_promote_body(to_version, alias, reason), timeout=timeout
+                "POST", f"{MODELS_PATH}/{name}/{action}", json=_promote_body(version, alias, reason), timeout=timeout
             )
 
 
@@ -134,12 +160,12 @@ class AsyncModels:
     async def list(self, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[Model]:
         async with _afeature("The model list"):
             body = await self._client._request("GET", MODELS_PATH, timeout=timeout)
-        return [Model.from_dict(row) for row in (body or {}).get("data") or []]
+        return _rows(body, Model.from_dict)
 
     async def versions(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[ModelVersion]:
         async with _afeature("The model registry"):
             body = await self._client._request("GET", f"{MODELS_PATH}/{name}/versions", timeout=timeout)
-        return [ModelVersion.from_dict(row) for row in (body or {}).get("data") or []]
+        return _rows(body, ModelVersion.from_dict)
 
     async def promote(
         self,
@@ -150,10 +176,7 @@ class AsyncModels:
         reason: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> dict[str, Any]:
-        async with _afeature("Model promotion"):
-            return await self._client._request(
-                "POST", f"{MODELS_PATH}/{name}/promote", json=_promote_body(version, alias, reason), timeout=timeout
-            )
+        return await self._move_alias(_PROMOTE, name, version, alias, reason, timeout)
 
     async def rollback(
         self,
@@ -164,9 +187,21 @@ class AsyncModels:
         reason: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> dict[str, Any]:
-        async with _afeature("Model rollback"):
+        return await self._move_alias(_ROLLBACK, name, to_version, alias, reason, timeout)
+
+    async def _move_alias(
+        self,
+        op: tuple[str, str],
+        name: str,
+        version: str | int | None,
+        alias: str,
+        reason: str | None,
+        timeout: TimeoutTypes,
+    ) -> dict[str, Any]:
+        action, feature = op
+        async with _afeature(feature):
             return await self._client._request(
-                "POST", f"{MODELS_PATH}/{name}/rollback", json=_promote_body(to_version, alias, reason), timeout=timeout
+                "POST", f"{MODELS_PATH}/{name}/{action}", json=_promote_body(version, alias, reason), timeout=timeout
             )
 
 

@@ -90,6 +90,54 @@ def _outcome(job: TuningJob) -> TuningJob:
     return job
 
 
+class _CompletionWait:
+    """The rules of ``wait_for_completion`` without its I/O, shared by the sync and async
+    clients: the deadline, the progress display, and how many failed polls in a row are
+    survived. The caller polls and sleeps; this object says whether and how long."""
+
+    def __init__(self, job_id: str, *, timeout: float | None, poll_interval: float, progress: bool | IO[str]) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.display = make_progress(job_id, bool(progress), stream=None if isinstance(progress, bool) else progress)
+        self.failures = 0
+
+    def gives_up(self) -> bool:
+        """After a failed poll: True to raise its error, False to sleep ``poll_interval`` and poll again."""
+        # Each poll already retried; a server restart during a long run should
+        # still not end the wait. Give up after MAX_POLL_FAILURES polls in a row.
+        self.failures += 1
+        return self.failures >= MAX_POLL_FAILURES or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def next_sleep(self, job: TuningJob) -> float | None:
+        """After a successful poll: None when the job is terminal, else seconds until the next poll.
+
+        Raises:
+            WaitTimeoutError: the deadline passed (the job keeps running).
+        """
+        self.failures = 0
+        self.display.update(job)
+        if job.is_terminal:
+            return None
+        if self.deadline is None:
+            return self.poll_interval
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeoutError(
+                f"Job {self.job_id} still {job.status} after {self.timeout} s (it keeps running).", job=job
+            )
+        return min(self.poll_interval, remaining)
+
+    def close(self) -> None:
+        self.display.close()
+
+
+def _reaches_seen(page: Page[JobEvent], seen: set[str]) -> bool:
+    """Newest-first pages are read until one holds an event already yielded."""
+    return any(event.id in seen for event in page.data)
+
+
 def _new_events(pages: list[Page[JobEvent]], seen: set[str]) -> list[JobEvent]:
     """Unseen events from newest-first pages, returned oldest first (log order)."""
     fresh: list[JobEvent] = []
@@ -232,11 +280,10 @@ class Tunings:
         return self._follow(jid, limit=limit, poll_interval=poll_interval, timeout=timeout)
 
     def _unseen_pages(self, job_id: str, seen: set[str], limit: int | None, timeout: TimeoutTypes) -> list[Page]:
-        # Newest first: read pages until one holds an event we already yielded.
         pages = []
         for page in SyncPager(lambda cursor: self._events_page(job_id, cursor, limit, timeout)).pages():
             pages.append(page)
-            if any(event.id in seen for event in page.data):
+            if _reaches_seen(page, seen):
                 break
         return pages
 
@@ -300,36 +347,22 @@ class Tunings:
             WaitTimeoutError: (a ``TimeoutError``) ``timeout`` passed; the job keeps running.
         """
         jid = _job_id(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        display = make_progress(jid, bool(progress), stream=None if isinstance(progress, bool) else progress)
+        wait = _CompletionWait(jid, timeout=timeout, poll_interval=poll_interval, progress=progress)
         try:
-            failures = 0
             while True:
                 try:
                     job = self.get(jid, timeout=request_timeout)
-                    failures = 0
                 except TRANSIENT_ERRORS:
-                    # Each poll already retried; a server restart during a long run should
-                    # still not end the wait. Give up after MAX_POLL_FAILURES polls in a row.
-                    failures += 1
-                    if failures >= MAX_POLL_FAILURES or (deadline is not None and time.monotonic() >= deadline):
+                    if wait.gives_up():
                         raise
                     self._client._poll_sleep(poll_interval)
                     continue
-                display.update(job)
-                if job.is_terminal:
+                delay = wait.next_sleep(job)
+                if delay is None:
                     break
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise WaitTimeoutError(
-                            f"Job {jid} still {job.status} after {timeout} s (it keeps running).", job=job
-                        )
-                    self._client._poll_sleep(min(poll_interval, remaining))
-                else:
-                    self._client._poll_sleep(poll_interval)
+                self._client._poll_sleep(delay)
         finally:
-            display.close()
+            wait.close()
         return _outcome(job)
 
 
@@ -437,18 +470,21 @@ class AsyncTunings:
             return pager.__aiter__()
         return self._follow(jid, limit=limit, poll_interval=poll_interval, timeout=timeout)
 
+    async def _unseen_pages(self, job_id: str, seen: set[str], limit: int | None, timeout: TimeoutTypes) -> list[Page]:
+        pages = []
+        async for page in AsyncPager(lambda cursor: self._events_page(job_id, cursor, limit, timeout)).pages():
+            pages.append(page)
+            if _reaches_seen(page, seen):
+                break
+        return pages
+
     async def _follow(
         self, job_id: str, *, limit: int | None, poll_interval: float, timeout: TimeoutTypes
     ) -> AsyncIterator[JobEvent]:
         seen: set[str] = set()
         while True:
             terminal = (await self.get(job_id, timeout=timeout)).is_terminal
-            pages = []
-            async for page in AsyncPager(lambda cursor: self._events_page(job_id, cursor, limit, timeout)).pages():
-                pages.append(page)
-                if any(event.id in seen for event in page.data):
-                    break
-            for event in _new_events(pages, seen):
+            for event in _new_events(await self._unseen_pages(job_id, seen, limit, timeout), seen):
                 seen.add(event.id)
                 yield event
             if terminal:
@@ -484,32 +520,20 @@ class AsyncTunings:
     ) -> TuningJob:
         """See :meth:`Tunings.wait_for_completion`."""
         jid = _job_id(job_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        display = make_progress(jid, bool(progress), stream=None if isinstance(progress, bool) else progress)
+        wait = _CompletionWait(jid, timeout=timeout, poll_interval=poll_interval, progress=progress)
         try:
-            failures = 0
             while True:
                 try:
                     job = await self.get(jid, timeout=request_timeout)
-                    failures = 0
                 except TRANSIENT_ERRORS:
-                    failures += 1
-                    if failures >= MAX_POLL_FAILURES or (deadline is not None and time.monotonic() >= deadline):
+                    if wait.gives_up():
                         raise
                     await self._client._poll_sleep(poll_interval)
                     continue
-                display.update(job)
-                if job.is_terminal:
+                delay = wait.next_sleep(job)
+                if delay is None:
                     break
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise WaitTimeoutError(
-                            f"Job {jid} still {job.status} after {timeout} s (it keeps running).", job=job
-                        )
-                    await self._client._poll_sleep(min(poll_interval, remaining))
-                else:
-                    await self._client._poll_sleep(poll_interval)
+                await self._client._poll_sleep(delay)
         finally:
-            display.close()
+            wait.close()
         return _outcome(job)
