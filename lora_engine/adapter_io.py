@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ import torch
 from torch import nn
 
 from lora_engine.errors import INVALID_CONFIG, EngineError
+from lora_engine.fsio import atomic_dir
 from lora_engine.lora import LoRALinear, find_target_modules, inject_lora, lora_modules, lora_parameters
 
 CONFIG_NAME = "adapter_config.json"
@@ -105,14 +103,6 @@ def _config_target_modules(model: nn.Module, injected: list[str]) -> list[str]:
     return short if selected_by_short == set(injected) else sorted(injected)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_adapter(
     model: nn.Module,
     out_dir: str | Path,
@@ -167,26 +157,9 @@ def save_adapter(
     # safetensors wants contiguous, unshared CPU tensors.
     tensors = {PEFT_PREFIX + name: p.detach().to("cpu").contiguous().clone() for name, p in lora_parameters(model)}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for f in (tmp / WEIGHTS_NAME, tmp / CONFIG_NAME, tmp):
-            _fsync(f)
-        old = None
-        if out_dir.exists():
-            # os.replace cannot swap a non-empty dir: move the old one aside first.
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        _fsync(out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from lora_engine.errors import DISK_FULL, EngineError
+from lora_engine.fsio import atomic_write_text, fsync_dir, fsync_tree
 
 MANIFEST = "manifest.json"
 STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
@@ -40,41 +41,6 @@ STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename/creation inside it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fsync_file(Path(dirpath) / name)
-        fsync_dir(Path(dirpath))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def disk_errors_as_engine_errors(exc: OSError, what: str) -> EngineError | OSError:

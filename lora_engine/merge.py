@@ -12,29 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import torch
 
 from lora_engine.adapter_io import load_adapter
+from lora_engine.fsio import atomic_dir
 from lora_engine.lora import merge_lora
 
 # Files of a model dir that hold weights (written fresh by save_pretrained) or are
 # pickles; everything else at the top level (tokenizer, chat template, ...) is copied.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5")
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in [*sorted(p for p in root.rglob("*") if p.is_file()), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def merge_and_export(base_model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
@@ -66,9 +56,7 @@ def merge_and_export(base_model_dir: str | Path, adapter_dir: str | Path, out_di
     merge_lora(model)
     model.to(stored_dtype)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         written = {p.name for p in tmp.iterdir()}
         for src in sorted(base_model_dir.iterdir()):
@@ -79,17 +67,6 @@ def merge_and_export(base_model_dir: str | Path, adapter_dir: str | Path, out_di
         (tmp / "merge_info.json").write_text(
             json.dumps({"base_model_dir": str(base_model_dir), "adapter_dir": str(adapter_dir)}, indent=2) + "\n"
         )
-        _fsync_tree(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -51,6 +51,7 @@ from lora_engine.errors import (
     OUT_OF_MEMORY,
     EngineError,
 )
+from lora_engine.fsio import fsync_dir, fsync_tree
 from lora_engine.progress import ProgressEmitter, claim_stdout
 
 log = logging.getLogger("lora_engine.train")
@@ -518,11 +519,11 @@ class LoRARecipe:
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            ckpt.fsync_tree(tmp)
+            fsync_tree(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            ckpt.fsync_dir(self.output_dir)
+            fsync_dir(self.output_dir)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ckpt.disk_errors_as_engine_errors(exc, str(final)) from exc

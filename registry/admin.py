@@ -15,6 +15,7 @@ from django.http import HttpRequest
 
 from registry.models import Alias, AliasEvent, BaseModel, ModelVersion
 from registry.services import BaseModelError, base_model_inspect, base_model_name_validate, base_model_register
+from tuninglab.admin_base import ReadOnlyModelAdmin
 from tuninglab.errors import ApiError
 
 
@@ -83,19 +84,8 @@ class BaseModelAdmin(admin.ModelAdmin):
         obj._state.adding = False
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(ModelVersion)
-class ModelVersionAdmin(_ReadOnlyAdmin):
+class ModelVersionAdmin(ReadOnlyModelAdmin):
     list_display = ["name", "version", "owner", "base_model", "job", "mlflow_run_id", "created_at"]
     list_filter = ["base_model", ("owner", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["id", "name", "owner__username", "job__id"]
@@ -117,7 +107,7 @@ class AliasEventInline(admin.TabularInline):
 
 
 @admin.register(Alias)
-class AliasAdmin(_ReadOnlyAdmin):
+class AliasAdmin(ReadOnlyModelAdmin):
     list_display = ["model_name", "alias", "version", "updated_at"]
     search_fields = ["model_name", "alias"]
     list_select_related = ["version"]
@@ -125,7 +115,7 @@ class AliasAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(AliasEvent)
-class AliasEventAdmin(_ReadOnlyAdmin):
+class AliasEventAdmin(ReadOnlyModelAdmin):
     list_display = ["alias", "from_version", "to_version", "actor", "reason", "created_at"]
     list_filter = [("actor", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["alias__model_name", "alias__alias", "reason"]

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from lora_engine.fsio import fsync_tree
 from registry.models import ModelVersion
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -43,13 +44,6 @@ def registered_model_name(job: Any) -> str:
     if not NAME_RE.match(name):
         name = f"m{name}"[:64]
     return name
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for filename in filenames:
-            with open(os.path.join(dirpath, filename), "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def model_version_create_from_job(
@@ -82,7 +76,7 @@ def model_version_create_from_job(
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".staging-{uuid.uuid4().hex}"
     shutil.copytree(src, staging)
-    _fsync_tree(staging)
+    fsync_tree(staging)
     try:
         for _ in range(5):
             try:

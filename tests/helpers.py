@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import types
 
 import pytest
 from django.db import connection
@@ -43,3 +45,20 @@ def require_redis() -> str:
         pytest.fail(f"{message}, and CI=true forbids skipping it")
     pytest.skip(message)
     return ""
+
+
+def record_dispatches(monkeypatch: pytest.MonkeyPatch, settings) -> list[tuple[str, str]]:
+    """Replace ``workers.dispatch`` for one test with a recorder of ``(job_id, queue)`` calls.
+
+    Jobs then stay ``queued``: API tests run fast and leave no training processes behind.
+    Shared by the api and sdk suites (their ``dispatched`` / ``no_worker`` fixtures).
+    """
+    settings.TUNINGLAB_INPROCESS_WORKER = False
+    calls: list[tuple[str, str]] = []
+    fake = types.ModuleType("workers.dispatch")
+    fake.dispatch_tuning_job = lambda job_id, queue: calls.append((job_id, queue))
+    monkeypatch.setitem(sys.modules, "workers.dispatch", fake)
+    import workers
+
+    monkeypatch.setattr(workers, "dispatch", fake, raising=False)
+    return calls

@@ -25,6 +25,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
+from tuninglab.admin_base import ReadOnlyModelAdmin
 from tuninglab.errors import ConflictError
 from tunings.models import Checkpoint, JobEvent, TrainingFile, TuningJob
 from tunings.services.retry import RETRYABLE, tuning_job_retry, tuning_job_set_priority
@@ -79,7 +80,9 @@ class PriorityForm(forms.Form):
 
 
 @admin.register(TuningJob)
-class TuningJobAdmin(admin.ModelAdmin):
+class TuningJobAdmin(ReadOnlyModelAdmin):
+    # Rows are written by services only: the page is view-only, deletion is off; cancel,
+    # retry and priority are the buttons below, guarded by has_operate_permission.
     list_display = [
         "id",
         "owner",
@@ -174,16 +177,6 @@ class TuningJobAdmin(admin.ModelAdmin):
             format_html(" (param: <code>{}</code>)", err["param"]) if err.get("param") else "",
             format_html("Suggestion: {}", obj.suggestion) if obj.suggestion else "",
         )
-
-    # Rows are written by services only: the page is view-only, deletion is off.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """Who may cancel, retry and re-prioritise: holders of ``tunings.change_tuningjob``."""
@@ -306,7 +299,7 @@ class TuningJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(TrainingFile)
-class TrainingFileAdmin(admin.ModelAdmin):
+class TrainingFileAdmin(ReadOnlyModelAdmin):
     list_display = [
         "id",
         "owner",
@@ -375,12 +368,3 @@ class TrainingFileAdmin(admin.ModelAdmin):
             format_html_join("", "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>", rows),
             format_html("<p>… and {} more.</p>", more) if more > 0 else "",
         )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
+
+from tests.helpers import record_dispatches
 
 
 @pytest.fixture
@@ -40,15 +39,7 @@ def training_file(user):
 @pytest.fixture
 def dispatched(monkeypatch, settings):
     """Record dispatches instead of sending them: replaces ``workers.dispatch`` for the test."""
-    settings.TUNINGLAB_INPROCESS_WORKER = False
-    calls: list[tuple[str, str]] = []
-    fake = types.ModuleType("workers.dispatch")
-    fake.dispatch_tuning_job = lambda job_id, queue: calls.append((job_id, queue))
-    monkeypatch.setitem(sys.modules, "workers.dispatch", fake)
-    import workers
-
-    monkeypatch.setattr(workers, "dispatch", fake, raising=False)
-    return calls
+    return record_dispatches(monkeypatch, settings)
 
 
 @pytest.fixture

@@ -8,6 +8,32 @@ import pytest
 
 DATA = Path(__file__).resolve().parent / "data"
 
+# Each committed good sample and the format it is detected as.
+GOOD_SAMPLES = [
+    ("good_openai_chat.jsonl", "openai_chat"),
+    ("good_alpaca.jsonl", "alpaca"),
+    ("good_sharegpt.jsonl", "sharegpt"),
+    ("good_chatglm3.jsonl", "chatglm3"),
+    ("good_prompt_completion.jsonl", "prompt_completion"),
+]
+# Each committed bad sample with the one error code it must raise and the line it names
+# (None: a whole-file problem).
+BAD_SAMPLES = [
+    ("bad_invalid_json.jsonl", "invalid_json", 4),
+    ("bad_not_an_object.jsonl", "not_an_object", 3),
+    ("bad_unknown_format.jsonl", "unknown_format", 5),
+    ("bad_mixed_formats.jsonl", "mixed_formats", 7),
+    ("bad_unknown_role.jsonl", "unknown_role", 2),
+    ("bad_missing_assistant_turn.jsonl", "missing_assistant_turn", 6),
+    ("bad_empty_content.jsonl", "empty_content", 8),
+    ("bad_line_too_long.jsonl", "line_too_long", 3),
+    ("bad_invalid_encoding.jsonl", "invalid_encoding", 4),
+    ("bad_missing_field.jsonl", "missing_field", 9),
+    ("bad_invalid_type.jsonl", "invalid_type", 5),
+    ("bad_too_few_examples.jsonl", "too_few_examples", None),
+    ("bad_empty_file.jsonl", "empty_file", None),
+]
+
 
 def sample(name: str) -> bytes:
     """Bytes of a committed sample file under tests/datasets/data/."""

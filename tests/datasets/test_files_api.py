@@ -7,34 +7,11 @@ import json
 
 import pytest
 
-from tests.datasets.conftest import sample, stored_files, upload_multipart, upload_raw
+from tests.datasets.conftest import BAD_SAMPLES, GOOD_SAMPLES, sample, stored_files, upload_multipart, upload_raw
 from tunings.models import TrainingFile
 
-GOOD = [
-    ("good_openai_chat.jsonl", "openai_chat"),
-    ("good_alpaca.jsonl", "alpaca"),
-    ("good_sharegpt.jsonl", "sharegpt"),
-    ("good_chatglm3.jsonl", "chatglm3"),
-    ("good_prompt_completion.jsonl", "prompt_completion"),
-]
-BAD = [
-    ("bad_invalid_json.jsonl", "invalid_json", 4),
-    ("bad_not_an_object.jsonl", "not_an_object", 3),
-    ("bad_unknown_format.jsonl", "unknown_format", 5),
-    ("bad_mixed_formats.jsonl", "mixed_formats", 7),
-    ("bad_unknown_role.jsonl", "unknown_role", 2),
-    ("bad_missing_assistant_turn.jsonl", "missing_assistant_turn", 6),
-    ("bad_empty_content.jsonl", "empty_content", 8),
-    ("bad_line_too_long.jsonl", "line_too_long", 3),
-    ("bad_invalid_encoding.jsonl", "invalid_encoding", 4),
-    ("bad_missing_field.jsonl", "missing_field", 9),
-    ("bad_invalid_type.jsonl", "invalid_type", 5),
-    ("bad_too_few_examples.jsonl", "too_few_examples", None),
-    ("bad_empty_file.jsonl", "empty_file", None),
-]
 
-
-@pytest.mark.parametrize(("name", "fmt"), GOOD)
+@pytest.mark.parametrize(("name", "fmt"), GOOD_SAMPLES)
 def test_it_accepts_every_format_over_multipart(api_client, settings, name, fmt):
     response = upload_multipart(api_client, name)
     assert response.status_code == 200, response.content
@@ -64,7 +41,7 @@ def test_it_accepts_every_format_over_multipart(api_client, settings, name, fmt)
     assert row.storage_path == f"files/{sha[:2]}/{sha}.jsonl"
 
 
-@pytest.mark.parametrize(("name", "code", "line"), BAD)
+@pytest.mark.parametrize(("name", "code", "line"), BAD_SAMPLES)
 def test_it_rejects_each_bad_file_with_its_code_and_line_and_stores_nothing(
     api_client, settings, small_limits, name, code, line
 ):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.datasets.conftest import DATA
+from tests.datasets.conftest import BAD_SAMPLES, DATA, GOOD_SAMPLES
 from tunings.datasets import validate_jsonl
 from tunings.datasets.tokens import estimate_example_tokens
 
@@ -18,13 +18,7 @@ def _validate(source, **limits):
 
 @pytest.mark.parametrize(
     ("name", "fmt"),
-    [
-        ("good_openai_chat.jsonl", "openai_chat"),
-        ("good_alpaca.jsonl", "alpaca"),
-        ("good_sharegpt.jsonl", "sharegpt"),
-        ("good_chatglm3.jsonl", "chatglm3"),
-        ("good_prompt_completion.jsonl", "prompt_completion"),
-    ],
+    GOOD_SAMPLES,
 )
 def test_it_accepts_every_good_sample(name, fmt):
     report = _validate(DATA / name)
@@ -35,21 +29,7 @@ def test_it_accepts_every_good_sample(name, fmt):
 
 @pytest.mark.parametrize(
     ("name", "code", "line"),
-    [
-        ("bad_invalid_json.jsonl", "invalid_json", 4),
-        ("bad_not_an_object.jsonl", "not_an_object", 3),
-        ("bad_unknown_format.jsonl", "unknown_format", 5),
-        ("bad_mixed_formats.jsonl", "mixed_formats", 7),
-        ("bad_unknown_role.jsonl", "unknown_role", 2),
-        ("bad_missing_assistant_turn.jsonl", "missing_assistant_turn", 6),
-        ("bad_empty_content.jsonl", "empty_content", 8),
-        ("bad_line_too_long.jsonl", "line_too_long", 3),
-        ("bad_invalid_encoding.jsonl", "invalid_encoding", 4),
-        ("bad_missing_field.jsonl", "missing_field", 9),
-        ("bad_invalid_type.jsonl", "invalid_type", 5),
-        ("bad_too_few_examples.jsonl", "too_few_examples", None),
-        ("bad_empty_file.jsonl", "empty_file", None),
-    ],
+    BAD_SAMPLES,
 )
 def test_it_reports_each_bad_sample_with_its_code_and_line(name, code, line):
     report = _validate(DATA / name)

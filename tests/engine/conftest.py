@@ -12,12 +12,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from lora_engine.config import TrainConfig
 from lora_engine.tiny_model import ASSETS_DIR
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IDENTITY_FILE = ASSETS_DIR / "identity.jsonl"
@@ -98,3 +101,37 @@ def start_subprocess(cfg: TrainConfig, tmp_path: Path, name: str = "cfg.json") -
 
 def by_type(lines: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [line for line in lines if line["type"] == kind]
+
+
+def build_tiny_llama(
+    *,
+    vocab_size: int,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    seed: int = 0,
+    **config: Any,
+) -> LlamaForCausalLM:
+    """A randomly initialised, seeded Llama small enough for unit tests (GQA: 4 heads, 2 kv heads).
+
+    Tests that need no trained weights build one of these in milliseconds instead of the
+    session-wide `tiny_model_dir`. Returned in train mode, as `LlamaForCausalLM(...)` is.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads,
+            max_position_embeddings=64,
+            **config,
+        )
+    )

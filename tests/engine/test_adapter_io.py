@@ -12,7 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from lora_engine.adapter_io import (
     CONFIG_NAME,
@@ -23,22 +23,13 @@ from lora_engine.adapter_io import (
     save_adapter,
 )
 from lora_engine.lora import LoRALinear, inject_lora, lora_parameters
+from tests.engine.conftest import build_tiny_llama
 
 VOCAB = 96
 
 
 def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+    return build_tiny_llama(vocab_size=VOCAB, seed=seed).eval()
 
 
 def _ids() -> torch.Tensor:

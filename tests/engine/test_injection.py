@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from lora_engine.lora import (
     LoRALinear,
@@ -18,24 +18,23 @@ from lora_engine.lora import (
     merge_lora,
 )
 from lora_engine.report import memory_report, parameter_report
+from tests.engine.conftest import build_tiny_llama
 
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB = 32, 64, 2, 4, 2, 96
 KV_DIM = HIDDEN // HEADS * KV_HEADS  # k/v projections are GQA-narrow: 16
 
 
 def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return build_tiny_llama(
         vocab_size=VOCAB,
         hidden_size=HIDDEN,
         intermediate_size=INTER,
         num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
         num_key_value_heads=KV_HEADS,
-        max_position_embeddings=64,
         tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config).eval()
+        seed=seed,
+    ).eval()
 
 
 def _ids(seed: int = 0) -> torch.Tensor:

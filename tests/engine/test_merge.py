@@ -7,28 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from lora_engine.adapter_io import AdapterFormatError, load_adapter, save_adapter
 from lora_engine.lora import inject_lora, lora_parameters
 from lora_engine.merge import merge_and_export
+from tests.engine.conftest import build_tiny_llama
 
 VOCAB = 96
 
 
 def _base_model_dir(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
     out = tmp_path / "base"
-    LlamaForCausalLM(config).save_pretrained(out)
+    build_tiny_llama(vocab_size=VOCAB, seed=0).save_pretrained(out)
     # stand-ins for the tokenizer files a real model dir carries
     (out / "tokenizer.json").write_text('{"version": "1.0"}')
     (out / "tokenizer_config.json").write_text('{"model_max_length": 64}')

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from lora_engine.lora import LoRALinear, inject_lora, lora_parameters, merge_lora
 from lora_engine.quantize import is_quantized_linear, quantize_base_linears
 from lora_engine.report import memory_report, parameter_report
+from tests.engine.conftest import build_tiny_llama
 
 VOCAB = 128
 
@@ -17,17 +18,7 @@ VOCAB = 128
 def _tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     # Layers of realistic aspect but tiny: big enough that the per-layer quantization
     # constants (code books) do not dominate the bytes-per-parameter figure.
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
+    return build_tiny_llama(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, seed=seed)
 
 
 def _batch() -> torch.Tensor:

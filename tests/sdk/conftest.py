@@ -5,14 +5,14 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.helpers import record_dispatches
 
 TOPICS = [
     ("How do I reset my password?", "Open Settings, choose Security, then Reset password."),
@@ -64,15 +64,7 @@ def raw_key(user) -> str:
 def no_worker(monkeypatch, settings) -> list[tuple[str, str]]:
     """Record job dispatches instead of training: jobs stay ``queued`` (fast, and no training
     processes left behind by tests that only exercise the API)."""
-    settings.TUNINGLAB_INPROCESS_WORKER = False
-    calls: list[tuple[str, str]] = []
-    fake = types.ModuleType("workers.dispatch")
-    fake.dispatch_tuning_job = lambda job_id, queue: calls.append((job_id, queue))
-    monkeypatch.setitem(sys.modules, "workers.dispatch", fake)
-    import workers
-
-    monkeypatch.setattr(workers, "dispatch", fake, raising=False)
-    return calls
+    return record_dispatches(monkeypatch, settings)
 
 
 @pytest.fixture

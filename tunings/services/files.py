@@ -35,6 +35,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from lora_engine.fsio import fsync_dir
 from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError, PayloadTooLargeError
 from tunings.datasets import ValidationReport, validate_jsonl
 from tunings.models import TrainingFile, TuningJob
@@ -99,15 +100,6 @@ def stats_relpath(sha256: str) -> str:
 
 def _data_dir() -> Path:
     return Path(settings.DATA_DIR)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (the directory entry, not only the data)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _lock_state = threading.local()
@@ -304,7 +296,7 @@ def _place_blob(staged: StagedUpload) -> bool:
         return False
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged.path, final)  # atomic: readers see the old state or the whole file
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)  # make the rename durable (the directory entry, not only the data)
     return True
 
 
