@@ -17,14 +17,12 @@ SQLite serialises writers anyway), so two workers cannot both take the owner's l
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, F, Q
-from django.utils import timezone
+from django.db.models import Count, F
 
 from tunings.models import TuningJob
 from tunings.services.state import tuning_job_claim, tuning_job_fail
@@ -114,64 +112,3 @@ def eligible_count(queue: str | None = None) -> int:
         .values_list("owner_id", "n")
     )
     return sum(min(n, max(0, limit - running.get(owner, 0))) for owner, n in queued.items())
-
-
-def queue_position(job: TuningJob) -> int | None:
-    """1-based position of a queued job in its queue's order; None when it is not queued.
-
-    Counts queued jobs of the same queue that sort before it (higher priority, or same
-    priority and older). Jobs held back by their owner's concurrency limit still count, so
-    this is an upper bound on how many jobs start before this one.
-    """
-    if job.status != Status.QUEUED or job.cancel_requested:
-        return None
-    ahead = (
-        queued_jobs(job.queue)
-        .filter(
-            Q(priority__gt=job.priority)
-            | Q(priority=job.priority, created_at__lt=job.created_at)
-            | Q(priority=job.priority, created_at=job.created_at, id__lt=job.id)
-        )
-        .count()
-    )
-    return ahead + 1
-
-
-def _typical_duration(queue: str) -> float | None:
-    """Median run time (s) of the queue's last 20 successful jobs; None without history."""
-    rows = list(
-        TuningJob.objects.filter(
-            queue=queue, status=Status.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False
-        )
-        .order_by("-finished_at")
-        .values_list("started_at", "finished_at")[:20]
-    )
-    if not rows:
-        return None
-    durations = sorted((end - start).total_seconds() for start, end in rows)
-    return durations[len(durations) // 2]
-
-
-def estimated_start(job: TuningJob) -> datetime | None:
-    """A rough start time for a queued job; None when not queued or there is no history.
-
-    Model: the queue's running jobs free their slots after their own ETA (or the typical
-    duration), then every job ahead takes one typical duration on one of those slots. It
-    assumes the number of busy workers stays as it is now; it is a hint, not a promise.
-    """
-    position = queue_position(job)
-    if position is None:
-        return None
-    typical = _typical_duration(job.queue)
-    running = list(
-        TuningJob.objects.filter(queue=job.queue, status=Status.RUNNING).values_list("eta_seconds", flat=True)
-    )
-    if typical is None and not any(eta is not None for eta in running):
-        return None
-    typical = typical or max(eta or 0.0 for eta in running)
-    slots = sorted((eta if eta is not None else typical) for eta in running) or [0.0]
-    # Greedy list scheduling: each job ahead takes the slot that frees first.
-    for _ in range(position - 1):
-        slots[0] += typical
-        slots.sort()
-    return timezone.now() + timedelta(seconds=slots[0])

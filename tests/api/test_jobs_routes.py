@@ -273,3 +273,26 @@ def test_it_reports_queue_positions_by_priority_then_age(api_client, create_job,
     start(urgent)
     assert position(urgent) is None
     assert position(first) == 1
+
+
+def test_it_estimates_the_start_of_queued_jobs_from_the_queues_history(api_client, create_job):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tunings.models import TuningJob
+
+    first = create_job()["id"]
+    second = create_job()["id"]
+    assert api_client.get("/v1/tunings.get", {"job_id": first}).json()["estimated_start"] is None  # no history
+
+    # One finished job of 100 s in the same queue: the next starts now, the one after ~100 s later.
+    done = create_job()["id"]
+    now = timezone.now()
+    TuningJob.objects.filter(id=done).update(
+        status="succeeded", started_at=now - timedelta(seconds=100), finished_at=now
+    )
+    first_start = api_client.get("/v1/tunings.get", {"job_id": first}).json()["estimated_start"]
+    second_start = api_client.get(f"/v1/tunings/{second}").json()["estimated_start"]
+    assert abs(first_start - now.timestamp()) < 5
+    assert abs(second_start - first_start - 100) < 5

@@ -8,7 +8,8 @@ import pytest
 from django.utils import timezone
 
 from tunings.models import TuningJob
-from workers.scheduling import claim_next_job, eligible_count, estimated_start, queue_position
+from tunings.selectors.jobs import tuning_job_estimated_start, tuning_job_queue_position
+from workers.scheduling import claim_next_job, eligible_count
 
 pytestmark = pytest.mark.django_db
 
@@ -72,12 +73,12 @@ def test_it_reports_queue_positions_in_claim_order(make_job, user, other_user):
     b = make_job(other_user, priority=3)
     c = make_job(user, priority=0)
     gpu = make_job(user, queue="gpu")
-    assert [queue_position(j) for j in (b, a, c)] == [1, 2, 3]
-    assert queue_position(gpu) == 1
+    assert [tuning_job_queue_position(job=j) for j in (b, a, c)] == [1, 2, 3]
+    assert tuning_job_queue_position(job=gpu) == 1
     claim_next_job(worker_id="w1", queue="cpu")  # takes b
     b.refresh_from_db()
-    assert queue_position(b) is None
-    assert [queue_position(j) for j in (a, c)] == [1, 2]
+    assert tuning_job_queue_position(job=b) is None
+    assert [tuning_job_queue_position(job=j) for j in (a, c)] == [1, 2]
 
 
 def test_it_estimates_a_start_from_running_etas_and_past_durations(make_job, user):
@@ -90,10 +91,10 @@ def test_it_estimates_a_start_from_running_etas_and_past_durations(make_job, use
     first = make_job(user)
     second = make_job(user)
     # One busy slot frees in 60 s; then each job ahead takes the typical 600 s.
-    assert abs((estimated_start(first) - now).total_seconds() - 60) < 5
-    assert abs((estimated_start(second) - now).total_seconds() - 660) < 5
-    assert estimated_start(done) is None
+    assert abs((tuning_job_estimated_start(job=first) - now).total_seconds() - 60) < 5
+    assert abs((tuning_job_estimated_start(job=second) - now).total_seconds() - 660) < 5
+    assert tuning_job_estimated_start(job=done) is None
 
 
 def test_it_has_no_estimate_without_any_history(make_job, user):
-    assert estimated_start(make_job(user)) is None
+    assert tuning_job_estimated_start(job=make_job(user)) is None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
 
 from tuninglab.errors import InvalidRequestError, NotFoundError
 from tunings.models import Checkpoint, JobEvent, TuningJob
@@ -79,13 +81,55 @@ def checkpoint_list(*, job: TuningJob) -> QuerySet[Checkpoint]:
 def tuning_job_queue_position(*, job: TuningJob) -> int | None:
     """1-based place among the queued jobs of the job's queue (priority desc, then oldest first).
 
-    None unless the job is queued. Counts every owner's jobs: the queue is shared.
+    None unless the job is queued. Counts every owner's jobs: the queue is shared, and jobs held
+    back by their owner's concurrency limit still count, so this is an upper bound on how many
+    jobs start before this one. The order is the one workers claim in (``workers.scheduling``).
     """
-    if job.status != TuningJob.Status.QUEUED:
+    if job.status != TuningJob.Status.QUEUED or job.cancel_requested:
         return None
-    ahead = TuningJob.objects.filter(status=TuningJob.Status.QUEUED, queue=job.queue).filter(
+    ahead = TuningJob.objects.filter(status=TuningJob.Status.QUEUED, cancel_requested=False, queue=job.queue).filter(
         Q(priority__gt=job.priority)
         | Q(priority=job.priority, created_at__lt=job.created_at)
         | Q(priority=job.priority, created_at=job.created_at, id__lt=job.id)
     )
     return ahead.count() + 1
+
+
+def _typical_duration(queue: str) -> float | None:
+    """Median run time (s) of the queue's last 20 successful jobs; None without history."""
+    rows = list(
+        TuningJob.objects.filter(
+            queue=queue, status=TuningJob.Status.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False
+        )
+        .order_by("-finished_at")
+        .values_list("started_at", "finished_at")[:20]
+    )
+    if not rows:
+        return None
+    durations = sorted((end - start).total_seconds() for start, end in rows)
+    return durations[len(durations) // 2]
+
+
+def tuning_job_estimated_start(*, job: TuningJob) -> datetime | None:
+    """A rough start time for a queued job; None when not queued or there is no history.
+
+    Model: the queue's running jobs free their slots after their own ETA (or the typical
+    duration), then every job ahead takes one typical duration on one of those slots. It
+    assumes the number of busy workers stays as it is now; it is a hint, not a promise.
+    """
+    position = tuning_job_queue_position(job=job)
+    if position is None:
+        return None
+    typical = _typical_duration(job.queue)
+    running = list(
+        TuningJob.objects.filter(queue=job.queue, status=TuningJob.Status.RUNNING).values_list("eta_seconds", flat=True)
+    )
+    if typical is None and not any(eta is not None for eta in running):
+        return None
+    typical = typical or max(eta or 0.0 for eta in running)
+    slots = sorted((eta if eta is not None else typical) for eta in running) or [0.0]
+    # Greedy list scheduling: each job ahead takes the slot that frees first.
+    for _ in range(position - 1):
+        slots[0] += typical
+        slots.sort()
+    return timezone.now() + timedelta(seconds=slots[0])

@@ -12,7 +12,7 @@ from typing import Any
 from django.utils import timezone
 
 from tunings.models import Checkpoint, JobEvent, TuningJob
-from tunings.selectors.jobs import tuning_job_queue_position
+from tunings.selectors.jobs import tuning_job_estimated_start, tuning_job_queue_position
 from tunings.services.jobs import fine_tuned_model_name
 
 # Hyperparameters shown to clients (resolved values); the rest stay in the job's extras.
@@ -91,6 +91,7 @@ def job_to_dict(job: TuningJob) -> dict[str, Any]:
         "resources": job.resources or {},
         "queue": job.queue,
         "queue_position": tuning_job_queue_position(job=job),
+        "estimated_start": unix(tuning_job_estimated_start(job=job)),
         "started_at": unix(job.started_at),
         "suggestion": job.suggestion or None,
     }
