@@ -7,16 +7,14 @@ links them.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import transaction
 
 from tuninglab.errors import ConflictError
 from tunings.models import TuningJob
+from tunings.services.jobs import dispatch_job
 from tunings.services.state import job_event_add, tuning_job_queue
-
-logger = logging.getLogger(__name__)
 
 RETRYABLE = (TuningJob.Status.FAILED, TuningJob.Status.CANCELLED)
 
@@ -44,17 +42,6 @@ _COPIED_FIELDS = (
 )
 
 
-def _dispatch(job_id: str, queue: str) -> None:
-    # Late import: workers.dispatch imports Celery and the task modules; the web process
-    # must still work (and tests must run) when that module is absent or broken.
-    try:
-        from workers.dispatch import dispatch_tuning_job
-    except ImportError:
-        logger.warning("workers.dispatch is not available; job %s stays queued until a worker picks it up", job_id)
-        return
-    dispatch_tuning_job(job_id, queue)
-
-
 def tuning_job_retry(*, job: TuningJob, by: Any = None) -> TuningJob:
     """Create a copy of a failed or cancelled ``job``, queue it, and dispatch it after commit.
 
@@ -79,7 +66,7 @@ def tuning_job_retry(*, job: TuningJob, by: Any = None) -> TuningJob:
         )
         copy = tuning_job_queue(job=copy)
         job_event_add(job_id=current.id, message=f"Retried by {who} as {copy.id}.", data={"retried_as": copy.id})
-        transaction.on_commit(lambda: _dispatch(copy.id, copy.queue))
+        transaction.on_commit(lambda: dispatch_job(copy.id, copy.queue))
     return copy
 
 
