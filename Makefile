@@ -25,9 +25,9 @@ demo: venv
 test: venv
 	./scripts/run_tests.sh
 
+## lint: ruff (lint + format check) and the import-layer contracts (lint-imports).
 lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	./scripts/lint.sh
 
 format: venv
 	$(BIN)/ruff format .

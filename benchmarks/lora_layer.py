@@ -24,8 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
+from peft.tuners.lora.layer import Linear as PeftLinear
 from torch import nn
 
+from lora_engine.fsio import atomic_write_text
 from lora_engine.lora import LoRALinear
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lora_layer.json"
@@ -36,9 +39,6 @@ DROPOUTS = [0.0, 0.05]
 
 
 def _peft_linear(base: nn.Linear, rank: int, alpha: float, dropout: float) -> nn.Module:
-    from peft import LoraConfig
-    from peft.tuners.lora.layer import Linear as PeftLinear
-
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout)
     return PeftLinear(base, "default", config=config, r=rank, lora_alpha=alpha)
 
@@ -177,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

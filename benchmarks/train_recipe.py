@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from lora_engine import protocol
+from lora_engine.fsio import atomic_write_text
+from lora_engine.tiny_model import TINY_MODEL_VERSION, build_tiny_model
+
 REPO = Path(__file__).resolve().parent.parent
 
 VARIANTS = {
@@ -42,8 +46,6 @@ VARIANTS = {
 
 
 def tiny_model() -> Path:
-    from lora_engine.tiny_model import TINY_MODEL_VERSION, build_tiny_model
-
     target = REPO / ".cache" / f"tiny-model-v{TINY_MODEL_VERSION}"
     if not (target / "config.json").exists():
         build_tiny_model(target)
@@ -86,11 +88,13 @@ def run_variant(name: str, extra: dict, *, model: Path, data: Path, work: Path, 
     )
     wall = time.monotonic() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    lines = [json.loads(x) for x in proc.stdout.splitlines()]
-    metrics = [x for x in lines if x["type"] == "metrics"]
-    if proc.returncode != 0 or not metrics:
+    lines = [x.obj for x in map(protocol.parse_line, proc.stdout.splitlines()) if x.obj is not None]
+    metrics = [x for x in lines if x["type"] == protocol.METRICS]
+    if proc.returncode != protocol.EXIT_DONE or not metrics:
         raise RuntimeError(f"{name} failed: {lines[-1] if lines else proc.stderr[-1000:]}")
-    params = next((m["message"] for m in lines if m["type"] == "message" and m["message"].startswith("parameters")), "")
+    params = next(
+        (m["message"] for m in lines if m["type"] == protocol.MESSAGE and m["message"].startswith("parameters")), ""
+    )
     return {
         "variant": name,
         "tokens_per_s": metrics[-1]["tokens_per_s"],
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     out = REPO / "benchmarks" / "results" / "train_recipe.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
+    atomic_write_text(
+        out,
         json.dumps(
             {
                 "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 "results": results,
             },
             indent=2,
-        )
+        ),
     )
     print(f"wrote {out}")
     return 0

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lora_engine.errors import INVALID_CONFIG, EngineError
@@ -117,7 +119,8 @@ def save_adapter(
     """Write the model's LoRA weights as a PEFT adapter directory, atomically.
 
     The files are written into a temp dir next to ``out_dir``, fsynced, and renamed into
-    place (an existing ``out_dir`` is replaced only after the new one is complete).
+    place by ``fsio.atomic_dir`` (an existing ``out_dir`` is replaced only after the new
+    one is complete).
 
     Args:
         target_modules: what the run asked for (``["q_proj", "v_proj"]``, ``["all-linear"]``,
@@ -131,8 +134,6 @@ def save_adapter(
     Raises:
         ValueError: the model has no LoRA layers, or they disagree with ``rank``/``alpha``.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     modules = list(lora_modules(model))
     if not modules:
@@ -242,9 +243,6 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> list[str]:
         AdapterFormatError: a missing or pickle-only weights file, an unsupported config, or
             weights that do not match the model (unknown module, missing tensor, wrong shape).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise AdapterFormatError(f"{adapter_dir} is not a directory", param="adapter_dir")

@@ -11,18 +11,17 @@ Layout of `output_dir/checkpoints/`:
         rng.pt             python / numpy / torch CPU / CUDA RNG states at the step boundary
         state.json         data position (epoch, index in epoch order, step), counters, metrics
 
-A checkpoint exists only once it is listed in the manifest. It is written into a
-`.tmp-*` dir, every file and the dir are fsynced, the dir is renamed into place, the
-parent fsynced, and only then the manifest is replaced atomically (write temp,
-fsync, `os.replace`). A crash at any point leaves either the old manifest or the new
-one; stray temp dirs or unlisted step dirs are ignored by `latest_checkpoint`.
+A checkpoint exists only once it is listed in the manifest. Its dir is published with
+`fsio.atomic_dir` (written into a temp dir, every file and dir fsynced, renamed into
+place, the parent fsynced), and only then the manifest is replaced atomically
+(`fsio.atomic_write_text`). A crash at any point leaves either the old manifest or the
+new one; stray temp dirs or unlisted step dirs are ignored by `latest_checkpoint`.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import shutil
 import time
@@ -30,10 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from lora_engine.errors import DISK_FULL, EngineError
-from lora_engine.fsio import atomic_write_text, fsync_dir, fsync_tree
+from lora_engine.fsio import atomic_dir, atomic_write_text
 
 MANIFEST = "manifest.json"
 STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
@@ -53,13 +54,8 @@ def disk_errors_as_engine_errors(exc: OSError, what: str) -> EngineError | OSErr
 def rng_state() -> dict[str, Any]:
     """All RNG streams a training step can consume (dropout uses torch's global generator)."""
     state: dict[str, Any] = {"python": random.getstate(), "torch_cpu": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
-    except ImportError:  # pragma: no cover - numpy is a transformers dependency
-        pass
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
     if torch.cuda.is_available():
         state["torch_cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -71,8 +67,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     torch.set_rng_state(state["torch_cpu"])
     if "numpy" in state:
-        import numpy as np
-
         kind, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
     if "torch_cuda" in state and torch.cuda.is_available():
@@ -114,28 +108,18 @@ def save_checkpoint(
     Raises:
         EngineError(disk_full): on ENOSPC; the temp dir is removed and the manifest untouched.
     """
-    from safetensors.torch import save_file
-
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
-    tmp = ckpt_root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        if write_adapter is not None:
-            write_adapter(tmp / "adapter")
-        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "metrics": metrics}, indent=2))
-        fsync_tree(tmp)
-        if final.exists():
-            # Left over from a run that crashed between rename and manifest update: it
-            # was never listed, so it is not a checkpoint; replace it.
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        fsync_dir(ckpt_root)
+        # A `final` that already exists was left by a run that crashed between rename and
+        # manifest update: it was never listed, so it is not a checkpoint; atomic_dir replaces it.
+        with atomic_dir(final) as tmp:
+            if write_adapter is not None:
+                write_adapter(tmp / "adapter")
+            save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng, tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps({**state, "step": step, "metrics": metrics}, indent=2))
 
         manifest = read_manifest(ckpt_root)
         entries = [e for e in manifest["checkpoints"] if e["step"] != step]
@@ -145,7 +129,6 @@ def save_checkpoint(
         manifest["checkpoints"] = entries
         atomic_write_text(ckpt_root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise disk_errors_as_engine_errors(exc, f"checkpoint {final}") from exc
     # Delete only after the manifest stopped listing them, so it never names a missing dir.
     for e in dropped:
@@ -175,8 +158,6 @@ def load_checkpoint(
         (state, rng): the saved state.json dict and the RNG states; the caller restores
         the RNG last, after everything else that might draw random numbers.
     """
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]

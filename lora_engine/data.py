@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from lora_engine.errors import DataError
+from lora_engine.formats import FormatError, to_messages
 
 IGNORE_INDEX = -100
 
@@ -96,8 +97,6 @@ def read_jsonl(path: str | Path, *, param: str = "train_file") -> list[tuple[int
 
 def record_to_messages(record: dict[str, Any], *, line: int, param: str = "train_file") -> list[dict[str, str]]:
     """Canonical messages for one record via `formats.to_messages`, errors tagged with the line."""
-    from lora_engine.formats import FormatError, to_messages
-
     try:
         messages = to_messages(record)
     except FormatError as exc:

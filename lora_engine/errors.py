@@ -1,8 +1,8 @@
 """Engine errors with the stable codes of the engine <-> worker contract.
 
 Every failure the worker must understand is an `EngineError` carrying a `code`
-from `ERROR_CODES`; the training entry point turns it into one
-`{"type": "error", ...}` JSON line and exit code 1.
+from `ERROR_CODES`; the training entry point turns it into one protocol `error`
+line and exit code `EXIT_ERROR` (both defined in `lora_engine.protocol`).
 """
 
 from __future__ import annotations

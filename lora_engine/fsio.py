@@ -52,6 +52,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def publish_file(tmp: Path, final: Path) -> None:
+    """Move the complete file ``tmp`` to ``final`` durably, replacing any file there.
+
+    The data is fsynced before the rename, so a crash can never publish a name whose bytes
+    are not on disk; the parent dir is fsynced after it, so the new name survives a power
+    cut. Readers of ``final`` see the old file or the whole new one. ``tmp`` must be on the
+    same filesystem as ``final`` (a rename, not a copy); ``final``'s parent must exist.
+    """
+    fsync_file(tmp)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
 def replace_dir(tmp: Path, out_dir: Path) -> None:
     """Rename the complete dir ``tmp`` to ``out_dir``, replacing an existing ``out_dir``.
 

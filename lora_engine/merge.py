@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from lora_engine.adapter_io import load_adapter
 from lora_engine.fsio import atomic_dir
@@ -42,8 +43,6 @@ def merge_and_export(base_model_dir: str | Path, adapter_dir: str | Path, out_di
         AdapterFormatError: the adapter cannot be read or does not fit the base model.
         FileNotFoundError: ``base_model_dir`` has no ``config.json``.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     if not (base_model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{base_model_dir} is not a Hugging Face model dir (no config.json)")

@@ -1,4 +1,4 @@
-"""JSON-line progress protocol between the training child process and the worker.
+"""Writes the engine's side of the JSON-line protocol (``lora_engine.protocol``) to stdout.
 
 stdout carries exactly one JSON object per line, nothing else (the worker parses
 every line). `claim_stdout()` moves the real stdout aside for the emitter and points
@@ -16,9 +16,10 @@ import os
 import sys
 from typing import IO, Any
 
-log = logging.getLogger("lora_engine.progress")
+from lora_engine import protocol
+from lora_engine.protocol import LINE_TYPES
 
-LINE_TYPES = ("message", "metrics", "checkpoint", "stopped", "error", "done")
+log = logging.getLogger("lora_engine.progress")
 
 
 def claim_stdout() -> IO[str]:
@@ -69,20 +70,20 @@ class ProgressEmitter:
                 pass
 
     def message(self, message: str, level: str = "info") -> None:
-        self.emit({"type": "message", "level": level, "message": message})
+        self.emit({"type": protocol.MESSAGE, "level": level, "message": message})
 
     def metrics(self, **fields: Any) -> None:
-        self.emit({"type": "metrics", **fields})
+        self.emit({"type": protocol.METRICS, **fields})
 
     def checkpoint(self, *, step: int, path: str, metrics: dict[str, Any]) -> None:
-        self.emit({"type": "checkpoint", "step": step, "path": path, "metrics": metrics})
+        self.emit({"type": protocol.CHECKPOINT, "step": step, "path": path, "metrics": metrics})
 
     def stopped(self, *, step: int, checkpoint: str | None) -> None:
-        self.emit({"type": "stopped", "step": step, "checkpoint": checkpoint})
+        self.emit({"type": protocol.STOPPED, "step": step, "checkpoint": checkpoint})
 
     def error(self, *, code: str, message: str, param: str | None, suggestion: str, step: int | None) -> None:
         obj = {
-            "type": "error",
+            "type": protocol.ERROR,
             "code": code,
             "message": message,
             "param": param,
@@ -97,7 +98,7 @@ class ProgressEmitter:
     ) -> None:
         self.emit(
             {
-                "type": "done",
+                "type": protocol.DONE,
                 "adapter_dir": adapter_dir,
                 "steps": steps,
                 "trained_tokens": trained_tokens,

@@ -24,6 +24,8 @@ NF4_BLOCKSIZE = 64  # bitsandbytes' default block size for 4-bit weights
 
 
 def _bnb():
+    # Imported on first use: bitsandbytes costs ~1.5 s to import on top of torch (2-core CPU
+    # box) and only QLoRA runs need it, while every run imports this module through train.py.
     import bitsandbytes as bnb
 
     return bnb

@@ -158,3 +158,18 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         "base_bytes_per_param": linear_bytes / linear_params if linear_params else 0.0,
         "base_bytes_per_param_all": base_weights / base_params if base_params else 0.0,
     }
+
+
+def format_report(rep: dict) -> str:
+    """One readable line for a ``parameter_report`` or ``memory_report`` dict (byte counts in MB)."""
+    if "text" in rep:
+        return f"parameters: {rep['text']}"
+    parts = []
+    for key, value in rep.items():
+        if isinstance(value, int) and (key in ("total", "grads", "adapters", "optimizer_state") or "weights" in key):
+            parts.append(f"{key}={value / 2**20:.2f}MB")
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:.3g}")
+        else:
+            parts.append(f"{key}={value}")
+    return "memory: " + ", ".join(parts)

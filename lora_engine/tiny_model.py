@@ -16,13 +16,15 @@ import argparse
 import json
 import math
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from lora_engine.fsio import atomic_dir
+from lora_engine.progress import ProgressEmitter
 
 # Bump whenever anything below changes the produced model: the test fixture keys
 # its on-disk cache on this number.
@@ -69,7 +71,9 @@ PRETRAIN_LR = 3e-3
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
     """Train a byte-level BPE on `texts` and wrap it as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    # transformers is imported here and in build_tiny_model, not at the top: its model and
+    # tokenizer classes cost ~2.4 s to import on top of torch, and the test fixtures and the
+    # demo import this module for TINY_MODEL_VERSION / ASSETS_DIR and build only on a cache miss.
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -130,8 +134,8 @@ def _portable_tokenizer_config(model_dir: Path) -> None:
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAIN_STEPS) -> Path:
     """Build, pre-train and save the tiny Llama as an ordinary HF model dir.
 
-    Deterministic for a given seed on a given machine. Written to a temp dir beside
-    `out_dir` and renamed, so a crash never leaves a half-built model behind.
+    Deterministic for a given seed on a given machine. Published with `fsio.atomic_dir`
+    (temp dir beside `out_dir`, fsync, rename), so a crash never leaves a half-built model behind.
 
     Args:
         out_dir: destination directory (must not exist or be empty).
@@ -140,10 +144,14 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAI
 
     Returns:
         The model directory path.
+
+    Raises:
+        FileExistsError: `out_dir` exists and is not empty.
     """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # late: see _train_tokenizer
 
     out = Path(out_dir)
+    _refuse_non_empty(out)  # before the build, not a minute into it
     corpus = (ASSETS_DIR / "corpus.txt").read_text(encoding="utf-8")
     dialogues = [
         json.loads(line)["messages"]
@@ -203,9 +211,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAI
             print(f"tiny_model pretrain step {step} loss {loss_val:.3f}", file=sys.stderr)
     model.eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _portable_tokenizer_config(tmp)
@@ -228,15 +234,14 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAI
                 indent=2,
             )
         )
-        if out.exists():
-            if any(out.iterdir()):
-                raise FileExistsError(f"{out} exists and is not empty")
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # Again: atomic_dir would replace whatever was put there during the build.
+        _refuse_non_empty(out)
     return out
+
+
+def _refuse_non_empty(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=PRETRAIN_STEPS)
     args = parser.parse_args(argv)
     path = build_tiny_model(args.output_dir, seed=args.seed, steps=args.steps)
-    print(json.dumps({"type": "message", "level": "info", "message": f"tiny model written to {path}"}))
+    ProgressEmitter(sys.stdout).message(f"tiny model written to {path}")
     return 0
 
 

@@ -2,8 +2,15 @@
 
 A recipe, not a trainer framework (torchtune style): `setup` loads everything,
 `train` is the loop written out, `save_checkpoint` writes a resumable checkpoint,
-`cleanup` releases resources. stdout carries only JSON lines (see `progress.py`);
-exit code 0 = done, 3 = stopped (stop_file / SIGTERM), 1 = error (after an error line).
+`cleanup` releases resources. stdout carries only JSON lines (`progress.py` writes the
+lines `protocol.py` defines); the exit code is `EXIT_DONE`, `EXIT_STOPPED` (stop_file /
+SIGTERM) or `EXIT_ERROR` (after an error line).
+
+This file stays whole although it is past the ~500-line mark where we split modules:
+it is one recipe, read top to bottom (setup, the step, the loop, checkpoint, final
+save). Split by phase it would scatter the loop over several modules and hide the
+state they share on `self`. What is not the recipe lives elsewhere: checkpoint files
+in `checkpoint.py`, adapter files in `adapter_io.py`, report formatting in `report.py`.
 
 One optimizer step:
     for each micro-batch of the step (grad accumulation):
@@ -20,17 +27,20 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lora_engine import checkpoint as ckpt
+from lora_engine.adapter_io import save_adapter
 from lora_engine.config import TrainConfig
 from lora_engine.data import (
     IGNORE_INDEX,
@@ -51,12 +61,14 @@ from lora_engine.errors import (
     OUT_OF_MEMORY,
     EngineError,
 )
-from lora_engine.fsio import fsync_dir, fsync_tree
+from lora_engine.fsio import atomic_dir
+from lora_engine.lora import inject_lora, lora_parameters
 from lora_engine.progress import ProgressEmitter, claim_stdout
+from lora_engine.protocol import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED
+from lora_engine.quantize import quantize_base_linears
+from lora_engine.report import format_report, memory_report, parameter_report
 
 log = logging.getLogger("lora_engine.train")
-
-EXIT_DONE, EXIT_ERROR, EXIT_STOPPED = 0, 1, 3
 
 
 def lr_lambda_for(*, scheduler: str, warmup_steps: int, total_steps: int):
@@ -77,13 +89,11 @@ def lr_lambda_for(*, scheduler: str, warmup_steps: int, total_steps: int):
 
 
 def _rss_mb() -> float:
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**20
 
 
-class LoRARecipe:
-    """One training run described by a `TrainConfig`."""
+class FineTuneRecipe:
+    """One fine-tuning run (LoRA, QLoRA or full) described by a `TrainConfig`."""
 
     def __init__(self, cfg: TrainConfig, emitter: ProgressEmitter):
         self.cfg = cfg
@@ -106,10 +116,7 @@ class LoRARecipe:
         cfg = self.cfg
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        with contextlib.suppress(ImportError):
-            import numpy as np
-
-            np.random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
 
         self.device = self._pick_device()
         self.autocast_dtype = self._pick_autocast()
@@ -125,8 +132,6 @@ class LoRARecipe:
             raise EngineError(
                 BASE_MODEL_MISSING, f"base model directory {base} has no config.json", param="base_model_dir"
             )
-
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(base))
@@ -158,12 +163,8 @@ class LoRARecipe:
 
         self.lora_targets: list[str] = []
         if cfg.method == "qlora":
-            from lora_engine.quantize import quantize_base_linears
-
             quantize_base_linears(model, bits=cfg.quant_bits, compute_dtype=getattr(torch, cfg.compute_dtype))
         if cfg.method in ("lora", "qlora"):
-            from lora_engine.lora import inject_lora, lora_parameters
-
             try:
                 self.lora_targets = inject_lora(
                     model,
@@ -248,12 +249,8 @@ class LoRARecipe:
         )
 
     def _emit_reports(self) -> None:
-        try:
-            from lora_engine.report import memory_report, parameter_report
-        except ImportError:  # report.py is optional for the loop itself
-            return
         for rep in (parameter_report(self.model), memory_report(self.model, self.optimizer)):
-            self.out.message(_format_report(rep))
+            self.out.message(format_report(rep))
 
     def _install_signal_handlers(self) -> None:
         def on_term(signum: int, _frame: Any) -> None:
@@ -443,8 +440,6 @@ class LoRARecipe:
     # ------------------------------------------------------------------ output
 
     def _write_adapter(self, out_dir: Path) -> Path:
-        from lora_engine.adapter_io import save_adapter
-
         # PEFT lists module suffixes, e.g. ["q_proj", "v_proj"], even for "all-linear".
         modules = sorted({n.rsplit(".", 1)[-1] for n in self.lora_targets})
         return save_adapter(
@@ -505,27 +500,18 @@ class LoRARecipe:
             log.warning("emergency checkpoint failed: %s", exc)
 
     def _save_final(self) -> Path:
-        """Write output_dir/adapter (or output_dir/model for full FT) atomically."""
-        if self.cfg.method != "full":
-            final = self.output_dir / "adapter"
-            try:
-                # save_adapter writes a temp dir, fsyncs and renames it into place.
-                return self._write_adapter(final)
-            except OSError as exc:
-                raise ckpt.disk_errors_as_engine_errors(exc, str(final)) from exc
-        final = self.output_dir / "model"
-        tmp = self.output_dir / f".model.tmp-{os.getpid()}"
+        """Write output_dir/adapter (output_dir/model for full FT): readers see the old dir or the new one whole."""
+        full = self.cfg.method == "full"
+        final = self.output_dir / ("model" if full else "adapter")
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            fsync_dir(self.output_dir)
+            if not full:
+                return self._write_adapter(final)  # save_adapter publishes through fsio.atomic_dir
+            # A save_pretrained model + tokenizer dir; an existing model/ is removed only
+            # after the new one is renamed in, so a crash never leaves neither.
+            with atomic_dir(final) as tmp:
+                self.model.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise ckpt.disk_errors_as_engine_errors(exc, str(final)) from exc
         return final
 
@@ -534,23 +520,6 @@ class LoRARecipe:
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
         self._old_handlers.clear()
-
-
-def _format_report(rep: Any) -> str:
-    """One readable line for a report dict from `lora_engine.report`."""
-    if not isinstance(rep, dict):
-        return str(rep)
-    if "text" in rep:
-        return f"parameters: {rep['text']}"
-    parts = []
-    for key, value in rep.items():
-        if isinstance(value, int) and (key in ("total", "grads", "adapters", "optimizer_state") or "weights" in key):
-            parts.append(f"{key}={value / 2**20:.2f}MB")
-        elif isinstance(value, float):
-            parts.append(f"{key}={value:.3g}")
-        else:
-            parts.append(f"{key}={value}")
-    return "memory: " + ", ".join(parts)
 
 
 def _setup_logging(output_dir: Path) -> None:
@@ -567,8 +536,8 @@ def _setup_logging(output_dir: Path) -> None:
 
 
 def run(cfg: TrainConfig, emitter: ProgressEmitter) -> int:
-    """Run one training job end to end; every failure becomes one error line + exit 1."""
-    recipe = LoRARecipe(cfg, emitter)
+    """Run one training job end to end; every failure becomes one error line and EXIT_ERROR."""
+    recipe = FineTuneRecipe(cfg, emitter)
 
     def fail(code: str, message: str, param: str | None = None, suggestion: str | None = None) -> int:
         recipe.save_emergency_checkpoint()

@@ -1,8 +1,8 @@
 """Admin for the registry: register base models (validated by the same service as the
 ``register_base_model`` command), and read-only views of versions, aliases and their history.
 
-Alias moves (promote, rollback) are registry services with their own audit trail; the
-admin shows them but does not edit them directly.
+Versions are created by finished jobs (with their adapter files), and every alias move must
+leave an ``AliasEvent``; an edit by hand would skip both, so those pages are view-only.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from registry.models import Alias, AliasEvent, BaseModel, ModelVersion
 from registry.services import BaseModelError, base_model_inspect, base_model_name_validate, base_model_register
-from tuninglab.admin_base import ReadOnlyModelAdmin
+from tuninglab.admin_base import ReadOnlyInline, ReadOnlyModelAdmin
 from tuninglab.errors import ApiError
 
 
@@ -92,18 +93,13 @@ class ModelVersionAdmin(ReadOnlyModelAdmin):
     list_select_related = ["owner", "base_model", "job"]
 
 
-class AliasEventInline(admin.TabularInline):
+class AliasEventInline(ReadOnlyInline):
     model = AliasEvent
-    extra = 0
-    can_delete = False
     fields = ["created_at", "from_version", "to_version", "actor", "reason"]
-    readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Each row shows two versions and a user: join them instead of a query per cell.
+        return super().get_queryset(request).select_related("from_version", "to_version", "actor")
 
 
 @admin.register(Alias)

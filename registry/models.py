@@ -1,6 +1,7 @@
 """Registry: base models, adapter versions, aliases and the alias history.
 
-Behaviour (MLflow sync, promote, rollback) grows in the registry issue; the rows start here.
+A ``ModelVersion`` is one trained adapter; an ``Alias`` names one version of a registered
+model and every move of it is an ``AliasEvent`` (who, when, from, to, why).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Registry writes. Base models first; versions, aliases, promote and rollback grow here later.
+"""Base model registration: check a local Hugging Face model directory, then record it.
 
 A base model is a local Hugging Face model directory. We check it *before* a row exists,
 so a typo in a path fails at registration with a clear message instead of at the first
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ from pathlib import Path
 from django.db import transaction
 
 from registry.models import BaseModel
+from registry.naming import NAME_RE
 from tuninglab.errors import ConflictError, InvalidRequestError
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # A safetensors header is JSON describing tensors; real ones are well under a few MB.
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 

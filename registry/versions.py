@@ -1,12 +1,11 @@
 """Adapter directory → ``ModelVersion``: the registry's entry point for finished jobs.
 
-The registry issue adds MLflow sync later; this module only stores the files and the row.
+It stores the adapter's files under ``DATA_DIR/adapters/<name>/v<N>/`` and the row, together.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -18,32 +17,13 @@ from django.db.models import Max
 
 from lora_engine.fsio import fsync_tree
 from registry.models import ModelVersion
+from registry.naming import NAME_RE, registered_model_name
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class AdapterError(ValueError):
     """The adapter dir is not a complete PEFT-format adapter."""
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
-
-
-def registered_model_name(job: Any) -> str:
-    """The registry name of a job's adapter line: ``<owner>-<base>[-<suffix>]``, slugged.
-
-    Versions count up per name, so re-training with the same base and suffix gives v2, v3,
-    ... The owner is part of the name because names (and aliases) are global.
-    """
-    parts = [_slug(job.owner.get_username()), _slug(job.base_model.name)]
-    if job.suffix:
-        parts.append(_slug(job.suffix))
-    name = "-".join(p for p in parts if p)[:64].rstrip("-._") or "model"
-    if not NAME_RE.match(name):
-        name = f"m{name}"[:64]
-    return name
 
 
 def model_version_create_from_job(

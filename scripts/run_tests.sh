@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# The README's test command (`make test`) and CI's: lint, then every suite on SQLite, then
+# The README's test command (`make test`) and CI's: lint (`make lint`: ruff + import layers), then every suite on SQLite, then
 # the database-facing suites again on PostgreSQL + Redis when DATABASE_URL / REDIS_URL are set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 
-echo "== ruff"
-$BIN/ruff check .
-$BIN/ruff format --check .
+./scripts/lint.sh
 
 echo "== pytest on SQLite (embedded default, in-process worker)"
 # Tests marked postgres/redis need the real services; they run in the second pass.

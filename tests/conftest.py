@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+
+from lora_engine.fsio import atomic_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("TUNINGLAB_TEST_CACHE", REPO_ROOT / ".cache"))
@@ -15,16 +16,14 @@ CACHE_DIR = Path(os.environ.get("TUNINGLAB_TEST_CACHE", REPO_ROOT / ".cache"))
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A tiny Llama (HF dir) built locally once and cached across runs, keyed by the builder version."""
+    # Late: tiny_model imports torch and transformers (seconds), which most API suites never need.
     from lora_engine.tiny_model import TINY_MODEL_VERSION, build_tiny_model
 
     target = CACHE_DIR / f"tiny-model-v{TINY_MODEL_VERSION}"
     if not (target / "config.json").exists():
-        staging = CACHE_DIR / f".tiny-model-v{TINY_MODEL_VERSION}.{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        build_tiny_model(staging)
-        # Rename is atomic: a half-built model is never mistaken for a cached one.
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        # Built in a temp dir and renamed in: a half-built model is never mistaken for a cached one.
+        with atomic_dir(target) as staging:
+            build_tiny_model(staging)
     return target
 
 
@@ -52,7 +51,7 @@ def other_user(db):
 def _client_for(user):
     from rest_framework.test import APIClient
 
-    from tuninglab.auth import api_key_create
+    from tuninglab.services import api_key_create
 
     _, raw = api_key_create(owner=user, name="test")
     client = APIClient()

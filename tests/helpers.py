@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-import types
+import time
 
 import pytest
 from django.db import connection
+
+from tuninglab import dispatch
 
 
 def require_postgres() -> None:
@@ -48,17 +49,24 @@ def require_redis() -> str:
 
 
 def record_dispatches(monkeypatch: pytest.MonkeyPatch, settings) -> list[tuple[str, str]]:
-    """Replace ``workers.dispatch`` for one test with a recorder of ``(job_id, queue)`` calls.
+    """Replace the wake-up sender (``tuninglab.dispatch.dispatch_tuning_job``) with a recorder
+    of ``(job_id, queue)`` calls for one test.
 
     Jobs then stay ``queued``: API tests run fast and leave no training processes behind.
-    Shared by the api and sdk suites (their ``dispatched`` / ``no_worker`` fixtures).
+    Shared by the api, platform and sdk suites (their ``dispatched`` / ``no_worker`` fixtures).
     """
     settings.TUNINGLAB_INPROCESS_WORKER = False
     calls: list[tuple[str, str]] = []
-    fake = types.ModuleType("workers.dispatch")
-    fake.dispatch_tuning_job = lambda job_id, queue: calls.append((job_id, queue))
-    monkeypatch.setitem(sys.modules, "workers.dispatch", fake)
-    import workers
-
-    monkeypatch.setattr(workers, "dispatch", fake, raising=False)
+    monkeypatch.setattr(dispatch, "dispatch_tuning_job", lambda job_id, queue="cpu": calls.append((job_id, queue)))
+    monkeypatch.setattr(dispatch, "pending_wakeups", lambda queue: sum(1 for _, q in calls if q == queue))
     return calls
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds passed (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

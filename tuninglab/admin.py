@@ -1,6 +1,7 @@
-"""Admin for API keys: create (the secret is shown once, on the page itself), list, revoke.
+"""Admin for API keys (create with the secret shown once on the page itself, list, revoke)
+and for idempotency records (view, delete).
 
-Writes go through ``tuninglab.auth`` services. The secret is rendered straight into the
+Writes go through ``tuninglab.services``. The secret is rendered straight into the
 response of the "add" request instead of being put in a flash message: Django's message
 storage keeps pending messages in a cookie or the session table, and the raw key must
 never be stored anywhere.
@@ -16,8 +17,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from tuninglab.auth import api_key_create, api_key_revoke
+from tuninglab.admin_base import ReadOnlyModelAdmin
 from tuninglab.models import ApiKey, IdempotencyRecord
+from tuninglab.services import api_key_create, api_key_revoke
 
 
 class ApiKeyAddForm(forms.ModelForm):
@@ -119,16 +121,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(IdempotencyRecord)
-class IdempotencyRecordAdmin(admin.ModelAdmin):
-    """Read-only: replayed responses, for debugging a client that retried a POST."""
+class IdempotencyRecordAdmin(ReadOnlyModelAdmin):
+    """Replayed responses, for debugging a client that retried a POST."""
 
     list_display = ["key", "owner", "method", "path", "response_status", "created_at"]
     list_filter = ["method", "response_status"]
     search_fields = ["key", "owner__username", "path"]
     list_select_related = ["owner"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Unlike the other view-only pages, delete stays on: it frees the key before the 24 h
+        # expiry, so the next request with it runs again instead of replaying (an operator's
+        # fix for a client that reused a key by mistake).
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import connection
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -43,8 +44,6 @@ def _check_redis() -> str:
     url = getattr(settings, "REDIS_URL", "")
     if not url:
         return "disabled"
-    import redis  # late: the embedded setup runs without Redis
-
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.ping()

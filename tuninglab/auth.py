@@ -1,71 +1,20 @@
-"""API keys: created once (the secret is shown once), stored as SHA-256, sent as ``Bearer``."""
+"""DRF authentication: ``Authorization: Bearer <api key>``, and its OpenAPI description.
+
+Keys are created and revoked by ``tuninglab.services``. DRF imports this module while it
+defines ``APIView`` (it is named in ``DEFAULT_AUTHENTICATION_CLASSES``), so it imports
+only what cannot lead back to ``rest_framework.views``: the models and the key selector.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.validators import UnicodeUsernameValidator
-from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from tuninglab.models import ApiKey
-
-KEY_PREFIX = "tl-"
-
-
-def hash_key(raw_key: str) -> str:
-    """SHA-256 hex of the key. Keys carry 256 random bits, so a fast hash is enough (no salt needed)."""
-    return hashlib.sha256(raw_key.encode()).hexdigest()
-
-
-def api_key_create(*, owner: Any, name: str = "") -> tuple[ApiKey, str]:
-    """Create a key for ``owner``; returns (row, raw key). The raw key is never stored."""
-    raw = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey.objects.create(owner=owner, name=name, prefix=raw[:10], key_hash=hash_key(raw))
-    return row, raw
-
-
-def api_key_revoke(*, key: ApiKey) -> ApiKey:
-    """Revoke a key; requests with it answer 401 from now on. Revoking twice keeps the first time."""
-    # Conditional UPDATE: two admins revoking at once both succeed and the first stamp wins.
-    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    key.refresh_from_db(fields=["revoked_at"])
-    return key
-
-
-def user_get_or_create(*, username: str) -> Any:
-    """Return the user named ``username``, creating it (with no usable password) when missing.
-
-    Raises InvalidRequestError for a name Django's username rules reject, so a typo in an
-    operator command does not create a user that can never be typed again.
-    """
-    # Late import: tuninglab.errors imports rest_framework.views, which imports the
-    # authentication classes named in settings, i.e. this module.
-    from tuninglab.errors import InvalidRequestError
-
-    try:
-        UnicodeUsernameValidator()(username)
-    except ValidationError as exc:
-        raise InvalidRequestError(
-            f"Invalid username {username!r}: {' '.join(exc.messages)}", code="invalid_username", param="username"
-        ) from exc
-    User = get_user_model()
-    user = User.objects.filter(username=username).first()
-    if user is not None:
-        return user
-    try:
-        # The savepoint lets a concurrent creator win without breaking the caller's transaction.
-        with transaction.atomic():
-            # password=None stores an unusable password: API keys only until an operator sets one.
-            return User.objects.create_user(username=username, password=None)
-    except IntegrityError:
-        return User.objects.get(username=username)
+from tuninglab.selectors import api_key_get_active
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -80,9 +29,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             return None
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Malformed Authorization header; use 'Bearer <api key>'.")
-        key = (
-            ApiKey.objects.select_related("owner").filter(key_hash=hash_key(parts[1]), revoked_at__isnull=True).first()
-        )
+        key = api_key_get_active(raw_key=parts[1])
         if key is None or not key.owner.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         # Coarse last-used stamp: at most one write a minute per key.

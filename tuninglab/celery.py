@@ -32,6 +32,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from tuninglab.env import env_float, env_int
+from tuninglab.task_names import SWEEP_EXPIRED_LEASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tuninglab.settings")
 
@@ -44,10 +45,10 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # `app.conf.X = ...` before the app is configured is stored as an override on top of the
 # Django settings (the documented Celery/Django pattern); nothing here reads settings yet.
 app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
-app.conf.task_routes = {"workers.tasks.sweep_expired_leases": {"queue": "cpu"}}
+app.conf.task_routes = {SWEEP_EXPIRED_LEASES: {"queue": "cpu"}}
 app.conf.beat_schedule = {
     "sweep-expired-leases": {
-        "task": "workers.tasks.sweep_expired_leases",
+        "task": SWEEP_EXPIRED_LEASES,
         "schedule": SWEEP_SECONDS,
         # A sweep older than its period is stale; the next one does the same work.
         "options": {"expires": SWEEP_SECONDS},

@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("tunings.file_urls")),
     path("", include("tunings.job_urls")),
+    path("", include("registry.urls")),
     path("", include("inference.urls")),
     path("", include("django_prometheus.urls")),
 ]

@@ -25,7 +25,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from tuninglab.admin_base import ReadOnlyModelAdmin
+from tuninglab.admin_base import ReadOnlyInline, ReadOnlyModelAdmin
 from tuninglab.errors import ConflictError
 from tunings.models import Checkpoint, JobEvent, TrainingFile, TuningJob
 from tunings.services.retry import RETRYABLE, tuning_job_retry, tuning_job_set_priority
@@ -33,21 +33,6 @@ from tunings.services.state import tuning_job_cancel
 
 EVENTS_SHOWN = 50
 VALIDATION_ERRORS_SHOWN = 100
-
-
-class _ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class LatestEventsFormSet(BaseInlineFormSet):
@@ -61,18 +46,16 @@ class LatestEventsFormSet(BaseInlineFormSet):
         return self._latest_events
 
 
-class JobEventInline(_ReadOnlyInline):
+class JobEventInline(ReadOnlyInline):
     model = JobEvent
     formset = LatestEventsFormSet
     fields = ["created_at", "level", "type", "message", "data"]
-    readonly_fields = fields
     verbose_name_plural = f"events (newest {EVENTS_SHOWN}, oldest first)"
 
 
-class CheckpointInline(_ReadOnlyInline):
+class CheckpointInline(ReadOnlyInline):
     model = Checkpoint
     fields = ["step", "path", "metrics", "created_at"]
-    readonly_fields = fields
 
 
 class PriorityForm(forms.Form):
@@ -100,7 +83,6 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
     list_select_related = ["owner", "base_model"]
     date_hierarchy = "created_at"
     inlines = [CheckpointInline, JobEventInline]
-    readonly_fields = ["error_display"]
     actions = ["cancel_jobs", "retry_jobs", "change_priority"]
     fieldsets = [
         (None, {"fields": ["id", "owner", "status", "cancel_requested", "fine_tuned_model", "error_display"]}),
@@ -330,14 +312,11 @@ class TrainingFileAdmin(ReadOnlyModelAdmin):
         "validation_report",
         "statistics",
     ]
-    readonly_fields = fields
 
     @admin.display(description="statistics")
     def statistics(self, obj: TrainingFile) -> str:
-        """The dataset stats the upload wrote next to the file (token lengths, roles, ...)."""
-        from tunings.selectors.files import training_file_stats  # late: owned by the files work
-
-        stats = training_file_stats(file=obj)
+        """The dataset stats stored on the row at upload (token lengths, roles, ...)."""
+        stats = obj.stats
         if not stats:
             return "-"
         return format_html("<pre>{}</pre>", json.dumps(stats, indent=2, sort_keys=True))

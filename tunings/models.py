@@ -32,6 +32,10 @@ class TrainingFile(models.Model):
     token_estimate = models.BigIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices)
     validation_errors = models.JSONField(default=list, blank=True)
+    # Dataset stats computed at upload (``{"format", **DatasetStats.as_dict()}``), kept on the row
+    # so listing files reads no disk. Null only on rows uploaded before the column existed whose
+    # stats file could not be read when migration 0003 backfilled it.
+    stats = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # Soft delete: the row stays so finished jobs keep their record (and their FK); every
     # lookup by the owner treats a deleted file as missing (404). Bytes go when no live row shares them.

@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+from tuninglab import dispatch
+
 
 class WorkersConfig(AppConfig):
     name = "workers"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The embedded default has no broker: messages that `tuninglab.dispatch` sends go to
+        # this process's in-process worker. Imported here, not at module top, because the
+        # worker imports models, which only exist once the app registry is ready.
+        from workers import inprocess
+
+        dispatch.register_local_transport(dispatch.LocalTransport(submit=inprocess.submit, pending=inprocess.pending))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import queue
@@ -27,16 +26,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
+from lora_engine.protocol import Line, parse_line
+
 log = logging.getLogger(__name__)
 
-LINE_TYPES = frozenset({"message", "metrics", "checkpoint", "stopped", "error", "done"})
 # Never hand the child the worker's secrets: the engine reads only its config file.
 SCRUBBED_ENV = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
 EOF = object()
@@ -58,7 +56,7 @@ def python_executable() -> str:
 
 
 def train_command(config_path: str | Path) -> list[str]:
-    """The child's argv. Tests replace this function to run a scripted fake engine."""
+    """The child's argv: ``python -m lora_engine.train CONFIG.json`` (tests swap in a scripted fake engine)."""
     return [python_executable(), "-m", "lora_engine.train", str(config_path)]
 
 
@@ -69,30 +67,6 @@ def child_env() -> dict[str, str]:
     paths = [str(settings.BASE_DIR), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
-
-
-@dataclass(frozen=True)
-class Line:
-    """One stdout line: ``obj`` is the parsed JSON object, or None when the line is not protocol."""
-
-    raw: str
-    obj: dict[str, Any] | None
-
-    @property
-    def type(self) -> str | None:
-        return self.obj.get("type") if self.obj else None
-
-
-def parse_line(raw: bytes | str) -> Line:
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    text = text.rstrip("\r\n")
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return Line(text, None)
-    if not isinstance(obj, dict) or obj.get("type") not in LINE_TYPES:
-        return Line(text, None)
-    return Line(text, obj)
 
 
 class TrainingChild:
@@ -204,13 +178,3 @@ def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[st
         return []
     text = data.decode("utf-8", errors="replace")
     return [line[:500] for line in text.splitlines()[-lines:]]
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` (small helper shared with tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -1,8 +1,9 @@
 """The embedded worker: a thread in the web/CLI process that runs the same ``run_job``.
 
 With no Redis (``TUNINGLAB_INPROCESS_WORKER=True``, the default without ``REDIS_URL``)
-``dispatch_tuning_job`` puts the job id on an in-memory queue that this thread drains one
-job at a time. When idle (and at least every ``SWEEP_SECONDS``) it runs the sweeper, so a
+``tuninglab.dispatch`` puts each message (task name, args, queue) on an in-memory queue that
+this thread drains one job at a time (``WorkersConfig.ready`` registers ``submit``/``pending``
+as the embedded transport). When idle (and at least every ``SWEEP_SECONDS``) it runs the sweeper, so a
 job left ``running`` by a previous process is re-queued and resumed here. Everything else —
 claim, lease, fencing, child process, relay — is exactly the Celery path.
 """
@@ -13,10 +14,14 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 from django.db import connections
 
 from tuninglab.celery import SWEEP_SECONDS
+from tuninglab.task_names import RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES
+from workers.runner import run_job, worker_identity
+from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +31,20 @@ _queue: queue.Queue = queue.Queue()
 _thread: threading.Thread | None = None
 
 
-def submit(job_id: str, queue_name: str = "cpu") -> None:
-    """Queue a wake-up for the embedded worker (starting it on first use)."""
+def submit(task_name: str, args: list[Any], queue_name: str = "cpu") -> None:
+    """Queue a message for the embedded worker (starting it on first use).
+
+    Raises:
+        ValueError: a task name this worker does not run (a bug in the sender, not a lost job).
+    """
+    if task_name not in (RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES):
+        raise ValueError(f"the in-process worker does not run task {task_name!r}")
     ensure_started()
-    _queue.put((job_id, queue_name))
+    _queue.put((task_name, list(args), queue_name))
 
 
-def pending() -> int:
+def pending(queue_name: str | None = None) -> int:
+    """Messages not yet taken (one in-memory queue serves every queue name)."""
     return _queue.qsize()
 
 
@@ -85,9 +97,6 @@ def run_forever() -> None:
 
 
 def _loop() -> None:
-    from workers.runner import run_job, worker_identity
-    from workers.sweeper import sweep
-
     worker_id = worker_identity("inprocess")
     last_sweep = 0.0
     while True:
@@ -106,8 +115,11 @@ def _loop() -> None:
         try:
             if item is _STOP:
                 return
-            job_id, queue_name = item
-            run_job(job_id, worker_id=worker_id, queue=queue_name)
+            task_name, args, queue_name = item
+            if task_name == SWEEP_EXPIRED_LEASES:
+                sweep()
+            else:
+                run_job(args[0], worker_id=worker_id, queue=queue_name)
         except Exception:
             log.exception("in-process worker: job %s crashed", item)
         finally:

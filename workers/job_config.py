@@ -1,15 +1,13 @@
-"""TuningJob row → ``lora_engine.config.TrainConfig`` (the engine never reads settings).
+"""TuningJob row → ``lora_engine.config.TrainConfig``: the job's values plus where its files live.
 
-The jobs service resolves hyperparameters (``auto`` → numbers) into
-``resolved_hyperparameters``; the LoRA shape and seed live in their own columns. This
-module maps both onto engine field names, fixes every path under ``DATA_DIR``, and decides
-``resume``. Paths are never taken from user input: a hyperparameter cannot point the run at
-another job's files.
+The field values (method, LoRA shape, seed, hyperparameters) come from
+``tunings.hyperparameters.train_config_values``; this module adds every path under
+``DATA_DIR`` and decides ``resume``. Paths are never taken from user input: a
+hyperparameter cannot point the run at another job's files.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,58 +15,8 @@ from typing import Any
 from django.conf import settings
 
 from lora_engine.config import TrainConfig
+from tunings.hyperparameters import train_config_values, unknown_hyperparameters
 from tunings.models import TuningJob
-
-log = logging.getLogger(__name__)
-
-# The engine's default learning rate; OpenAI's `learning_rate_multiplier` scales it.
-BASE_LEARNING_RATE = 2e-4
-# Periodic checkpoints make a lost worker cost at most this many steps (resume).
-DEFAULT_CHECKPOINT_EVERY = 50
-
-# Engine fields a job's hyperparameters may set. Paths, `resume` and `device` are ours.
-TUNABLE_FIELDS = frozenset(
-    {
-        "learning_rate",
-        "weight_decay",
-        "lr_scheduler",
-        "warmup_ratio",
-        "num_epochs",
-        "max_steps",
-        "batch_size",
-        "grad_accum_steps",
-        "max_grad_norm",
-        "precision",
-        "gradient_checkpointing",
-        "max_seq_len",
-        "packing",
-        "validation_split",
-        "eval_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "step_delay_s",
-        "memory_limit_mb",
-        "log_every",
-        "use_rslora",
-        "quant_bits",
-        "compute_dtype",
-        "rank",
-        "alpha",
-        "dropout",
-        "target_modules",
-    }
-)
-# OpenAI / PEFT spellings → engine names.
-ALIASES = {
-    "n_epochs": "num_epochs",
-    "epochs": "num_epochs",
-    "lora_rank": "rank",
-    "r": "rank",
-    "lora_alpha": "alpha",
-    "lora_dropout": "dropout",
-    "gradient_accumulation_steps": "grad_accum_steps",
-    "warmup": "warmup_ratio",
-}
 
 
 @dataclass(frozen=True)
@@ -114,29 +62,6 @@ class BuiltConfig:
     ignored: list[str] = field(default_factory=list)
 
 
-def _engine_hyperparameters(job: TuningJob) -> tuple[dict[str, Any], list[str]]:
-    raw = dict(job.resolved_hyperparameters or {})
-    # Before the jobs service resolved them (or for rows made by hand), use the request.
-    for key, value in (job.hyperparameters or {}).items():
-        raw.setdefault(key, value)
-    out: dict[str, Any] = {}
-    ignored: list[str] = []
-    multiplier = raw.pop("learning_rate_multiplier", None)
-    for key, value in raw.items():
-        if value is None or value == "auto":
-            continue  # the engine's default is the resolution of "auto"
-        name = ALIASES.get(key, key)
-        if name not in TUNABLE_FIELDS:
-            ignored.append(key)
-            continue
-        out[name] = value
-    if multiplier not in (None, "auto") and "learning_rate" not in out:
-        out["learning_rate"] = BASE_LEARNING_RATE * float(multiplier)
-    if "target_modules" in out and isinstance(out["target_modules"], str):
-        out["target_modules"] = [out["target_modules"]]
-    return out, sorted(ignored)
-
-
 def deleted_input_file(job: TuningJob) -> tuple[str, str] | None:
     """``(param, file_id)`` of the first input file of ``job`` that its owner deleted, else None.
 
@@ -158,24 +83,7 @@ def build_train_config(job: TuningJob, *, attempt: int | None = None) -> BuiltCo
     """
     attempt = job.attempt if attempt is None else attempt
     paths = job_paths(job.id)
-    hp, ignored = _engine_hyperparameters(job)
-
-    values: dict[str, Any] = {
-        "method": job.method,
-        "rank": job.lora_rank,
-        "alpha": float(job.lora_alpha),
-        "dropout": float(job.lora_dropout),
-        "seed": int(job.seed),
-        "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
-    }
-    if job.target_modules:
-        values["target_modules"] = list(job.target_modules)
-    if job.method == "qlora":
-        values["quant_bits"] = 4
-    values.update(hp)
-    if job.method != "qlora":
-        values.pop("quant_bits", None)
-
+    values: dict[str, Any] = train_config_values(job)
     values.update(
         base_model_dir=str(data_path(job.base_model.path)),
         base_model_name=job.base_model.name,
@@ -188,6 +96,4 @@ def build_train_config(job: TuningJob, *, attempt: int | None = None) -> BuiltCo
         # newest *complete* one from the manifest (or starts fresh when there is none).
         resume=attempt > 1 or paths.checkpoints_manifest.exists(),
     )
-    if values.get("validation_file"):
-        values.pop("validation_split", None)
-    return BuiltConfig(config=TrainConfig.from_dict(values), ignored=ignored)
+    return BuiltConfig(config=TrainConfig.from_dict(values), ignored=unknown_hyperparameters(job))

@@ -12,12 +12,10 @@
    code/param/suggestion + the log tail, cancel requested → cancelled, otherwise failed with
    ``internal_error`` and the log tail.
 
-Fencing: every write of the attempt happens inside ``fenced()``, a transaction that first
-locks the job row *with our fencing token still on it*. Once the sweeper re-queued the job
-(token unchanged until the next claim bumps it) or another attempt claimed it (token
-bumped), the lock finds no row and nothing is written: no two attempts ever write the same
-job. A lost lease also kills the child at once (SIGKILL, not SIGTERM: a fenced-out child
-must not write a "stop" checkpoint into the run dir the next attempt resumes from).
+This module is the attempt's lifecycle; ``workers.relay`` turns lines into service calls and
+``workers.fencing`` makes every write prove the attempt still owns the job. A lost lease
+kills the child at once (SIGKILL, not SIGTERM: a fenced-out child must not write a "stop"
+checkpoint into the run dir the next attempt resumes from).
 """
 
 from __future__ import annotations
@@ -29,35 +27,39 @@ import os
 import shutil
 import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
-from django.utils import timezone
+from django.db import DatabaseError
 
+from lora_engine import protocol
 from lora_engine.errors import EngineError
-from tunings.models import Checkpoint, JobEvent, TuningJob
+from lora_engine.fsio import atomic_write_text
+from registry.naming import fine_tuned_model_name
+from registry.versions import model_version_create_from_job
+from tunings.models import JobEvent, TuningJob
+from tunings.services.dispatch import dispatch_pending
 from tunings.services.state import (
     job_event_add,
     tuning_job_fail,
     tuning_job_mark_cancelled,
-    tuning_job_record_progress,
+    tuning_job_release_lease,
     tuning_job_succeed,
 )
 from workers import child as child_mod
+from workers.fencing import FencedWriter, LeaseLost
 from workers.job_config import JobPaths, build_train_config, deleted_input_file, job_paths
 from workers.lease import LeaseKeeper
+from workers.relay import LineRelay
 from workers.scheduling import claim_next_job
+from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
 Status = TuningJob.Status
 
-POLL_SECONDS = 0.5  # cancel flag / ownership check period (the brief asks for <= 1 s)
+# Cancel flag / ownership check period: a cancel reaches the child within about a second.
+POLL_SECONDS = 0.5
 LOG_TAIL_LINES = 20
 
 # Suggestions for failures the worker itself detects (the engine sends its own).
@@ -69,10 +71,6 @@ SUGGESTIONS = {
     "invalid_config": "Fix the hyperparameter named in `param` and create the job again.",
     "out_of_memory": "Lower batch_size or rank, shorten max_seq_len, or enable gradient checkpointing / QLoRA.",
 }
-
-
-class LeaseLost(Exception):
-    """This attempt no longer owns the job; stop writing."""
 
 
 def worker_identity(prefix: str = "worker") -> str:
@@ -104,26 +102,13 @@ def run_job(job_id: str | None, *, worker_id: str, queue: str | None = None) -> 
     finally:
         # The slot this job held may unblock a job of the same owner; make sure it has a
         # wake-up (dispatch counts pending messages, so this adds at most what is missing).
-        from workers.dispatch import dispatch_pending
-
         with contextlib.suppress(Exception):
             dispatch_pending(job.queue)
     return job.id
 
 
-def _fine_tuned_model_name(job: TuningJob) -> str:
-    try:
-        from tunings.services.jobs import fine_tuned_model_name
-    except ImportError:
-        fine_tuned_model_name = None
-    if fine_tuned_model_name is not None:
-        return fine_tuned_model_name(job)
-    suffix = job.suffix or "ft"
-    return f"ft:{job.base_model.name}:{job.owner.get_username()}:{suffix}:{job.id}"
-
-
 class JobRunner:
-    """Runs one claimed attempt of one job."""
+    """Runs one claimed attempt of one job: prepare, spawn, pump lines, settle."""
 
     def __init__(self, job: TuningJob, *, worker_id: str) -> None:
         self.job = job
@@ -132,78 +117,38 @@ class JobRunner:
         self.attempt = job.attempt
         self.worker_id = worker_id
         self.paths: JobPaths = job_paths(job.id)
-        self.db_lock = threading.Lock()
         self.child: child_mod.TrainingChild | None = None
         self.keeper: LeaseKeeper | None = None
-        self.lost = False
-        # What the child told us.
-        self.done_line: dict[str, Any] | None = None
-        self.error_line: dict[str, Any] | None = None
-        self.stopped_line: dict[str, Any] | None = None
-        self.last_metrics_event_step = -1
-        self.bad_lines = 0
+        self.writer = FencedWriter(job_id=job.id, token=job.fencing_token, on_lost=self._on_fenced_out)
+        self.relay = LineRelay(self.writer)
         # Cancel handling.
         self.cancel_seen = False
         self.cancel_at = 0.0
         self.term_sent = False
 
-    # --- fenced database access ------------------------------------------------------
+    @property
+    def lost(self) -> bool:
+        return self.writer.lost
 
-    @contextlib.contextmanager
-    def fenced(self) -> Iterator[bool]:
-        """A transaction in which this attempt provably still owns the job.
-
-        Yields the job's ``cancel_requested``. Raises LeaseLost (and kills the child) when
-        the row is no longer ``running`` with our token.
-        """
-        if self.lost:
-            raise LeaseLost(self.job_id)
-        with self.db_lock, transaction.atomic():
-            row = list(
-                TuningJob.objects.select_for_update()
-                .filter(id=self.job_id, status=Status.RUNNING, fencing_token=self.token)
-                .values_list("cancel_requested", flat=True)[:1]
-            )
-            if not row:
-                self._lost()
-                raise LeaseLost(self.job_id)
-            yield bool(row[0])
-
-    def _lost(self) -> None:
-        self.lost = True
+    def _on_fenced_out(self) -> None:
+        """A fenced write found the job no longer ours: stop the heartbeat's work and the child."""
         if self.keeper is not None:
-            self.keeper.mark_lost()  # kills the child via on_lost
+            self.keeper.mark_lost()  # kills the child via _on_lease_lost
         elif self.child is not None:
             self.child.kill()
 
-    def _retry(self, fn: Callable[[], Any], *, attempts: int = 5, what: str = "write") -> Any:
-        """Run ``fn`` again after transient database errors (SQLite busy, a dropped PG connection)."""
-        for i in range(attempts):
-            try:
-                return fn()
-            except LeaseLost:
-                raise
-            except DatabaseError as exc:
-                if i == attempts - 1:
-                    raise
-                log.warning("job %s: %s failed (%s); retrying", self.job_id, what, exc)
-                connections["default"].close()
-                time.sleep(0.2 * (i + 1))
-        return None
-
-    def _event(self, message: str, *, level: str = JobEvent.Level.INFO, data: dict[str, Any] | None = None) -> None:
-        def write() -> None:
-            with self.fenced():
-                job_event_add(job_id=self.job_id, message=message, level=level, data=data)
-
-        self._retry(write, what="event")
+    def _on_lease_lost(self) -> None:
+        """The heartbeat lost the lease (runs on its thread): no more writes, kill the child now."""
+        self.writer.lost = True
+        if self.child is not None:
+            self.child.kill()
 
     def _fail(self, code: str, message: str, *, param: str | None = None, suggestion: str = "") -> None:
         tail = self.child.log_tail(LOG_TAIL_LINES) if self.child else []
         suggestion = suggestion or SUGGESTIONS.get(code, SUGGESTIONS["internal_error"])
 
         def write() -> None:
-            with self.fenced():
+            with self.writer.fenced():
                 if tail:
                     job_event_add(
                         job_id=self.job_id,
@@ -217,7 +162,7 @@ class JobRunner:
                     raise LeaseLost(self.job_id)
 
         with contextlib.suppress(LeaseLost):
-            self._retry(write, attempts=10, what="fail")
+            self.writer.retry(write, attempts=10, what="fail")
 
     # --- the attempt -----------------------------------------------------------------
 
@@ -229,7 +174,7 @@ class JobRunner:
             self._spawn()
             if self.child is None:
                 return
-            self._relay()
+            self._pump()
             if self.keeper is not None:
                 self.keeper.stop()
                 self.keeper.join(timeout=10)
@@ -289,9 +234,7 @@ class JobRunner:
                 # A STOP left by an earlier attempt's path must not stop this one at step 1.
                 self.paths.stop_file.unlink(missing_ok=True)
             cfg_path = self.paths.config_file(self.attempt)
-            tmp = cfg_path.with_suffix(".json.tmp")
-            cfg.to_json(tmp)
-            os.replace(tmp, cfg_path)
+            atomic_write_text(cfg_path, cfg.to_json() + "\n")
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._fail("disk_full", f"No space left in the data directory: {exc}")
@@ -301,7 +244,7 @@ class JobRunner:
         self.config = cfg
         self.config_path = cfg_path
         if built.ignored:
-            self._event(
+            self.writer.event(
                 f"Ignored hyperparameters the engine does not know: {', '.join(built.ignored)}.",
                 level=JobEvent.Level.WARNING,
             )
@@ -322,22 +265,17 @@ class JobRunner:
             interval_s=settings.TUNINGLAB["HEARTBEAT_SECONDS"],
             lease_s=settings.TUNINGLAB["LEASE_SECONDS"],
             on_lost=self._on_lease_lost,
-            db_lock=self.db_lock,
+            db_lock=self.writer.db_lock,
         )
         self.keeper.start()
         resume = " (resuming from the newest checkpoint)" if self.config.resume else ""
-        self._event(
+        self.writer.event(
             f"Training process started{resume}.",
             data={"attempt": self.attempt, "pid": child.pid, "worker": self.worker_id, "resume": self.config.resume},
         )
 
-    def _on_lease_lost(self) -> None:
-        self.lost = True
-        if self.child is not None:
-            self.child.kill()
-
-    def _relay(self) -> None:
-        """Pump stdout lines into the database until the child closes stdout and exits."""
+    def _pump(self) -> None:
+        """Pump stdout lines into the relay until the child closes stdout and exits."""
         assert self.child is not None
         next_poll = 0.0
         while True:
@@ -348,7 +286,7 @@ class JobRunner:
                 break
             if item is not None:
                 try:
-                    self._handle(item)  # type: ignore[arg-type]
+                    self.relay.handle(item)  # type: ignore[arg-type]
                 except LeaseLost:
                     break
                 except DatabaseError:
@@ -378,16 +316,16 @@ class JobRunner:
             )[:1]
         )
         if not row:
-            self._lost()
+            self.writer.mark_lost()
             raise LeaseLost(self.job_id)
         cancel_requested = bool(row[0])
         if cancel_requested and not self.cancel_seen:
             self.cancel_seen = True
             self.cancel_at = now
-            # The engine checks the stop file at every step boundary, checkpoints, exits 3.
+            # The engine checks the stop file at every step boundary, checkpoints, exits EXIT_STOPPED.
             with contextlib.suppress(OSError):
                 self.paths.stop_file.touch()
-            self._event("Stop requested; the training process stops at the next step boundary.")
+            self.writer.event("Stop requested; the training process stops at the next step boundary.")
         grace = float(settings.TUNINGLAB.get("CANCEL_GRACE_SECONDS", 60))
         if self.cancel_seen and not self.term_sent and now - self.cancel_at > grace:
             # A step that never ends (hung I/O, a huge step): the engine also stops on SIGTERM.
@@ -396,114 +334,28 @@ class JobRunner:
         if self.cancel_seen and self.term_sent and now - self.cancel_at > 2 * grace:
             self.child.kill()
 
-    def _handle(self, line: child_mod.Line) -> None:
-        obj = line.obj
-        if obj is None:
-            self.bad_lines += 1
-            if self.bad_lines <= 5:  # a chatty library must not flood the event log
-                self._event(
-                    f"Unexpected output from the training process: {line.raw[:300]}",
-                    level=JobEvent.Level.WARNING,
-                )
-            return
-        kind = obj["type"]
-        if kind == "metrics":
-            self._on_metrics(obj)
-        elif kind == "message":
-            level = obj.get("level") if obj.get("level") in JobEvent.Level.values else JobEvent.Level.INFO
-            self._event(str(obj.get("message", ""))[:4000], level=level)
-        elif kind == "checkpoint":
-            self._on_checkpoint(obj)
-        elif kind == "stopped":
-            self.stopped_line = obj
-        elif kind == "error":
-            self.error_line = obj
-        elif kind == "done":
-            self.done_line = obj
-
-    def _on_metrics(self, m: dict[str, Any]) -> None:
-        fields: dict[str, Any] = {}
-        mapping = {
-            "progress": "progress",
-            "step": "current_step",
-            "total_steps": "total_steps",
-            "loss": "current_loss",
-            "lr": "learning_rate",
-            "tokens_per_s": "tokens_per_second",
-            "eta_s": "eta_seconds",
-            "trained_tokens": "trained_tokens",
-        }
-        for src, dst in mapping.items():
-            if src in m:
-                fields[dst] = m[src]
-        if m.get("eval_loss") is not None:
-            fields["eval_loss"] = m["eval_loss"]
-        if "progress" in fields and fields["progress"] is not None:
-            fields["progress"] = max(0.0, min(100.0, float(fields["progress"])))
-        # Non-null columns cannot take a null (NaN arrives as null).
-        for name in ("progress", "current_step", "total_steps", "trained_tokens"):
-            if fields.get(name, 0) is None:
-                fields.pop(name)
-        step = int(m.get("step") or 0)
-
-        def write() -> None:
-            with self.fenced():
-                tuning_job_record_progress(job_id=self.job_id, token=self.token, fields=fields)
-                # At most one metrics event per step (a resumed attempt repeats no step it
-                # already reported: it starts after the checkpoint's step).
-                if step > self.last_metrics_event_step:
-                    loss = m.get("loss")
-                    loss_txt = f"{loss:.4f}" if isinstance(loss, (int, float)) else "nan"
-                    job_event_add(
-                        job_id=self.job_id,
-                        type=JobEvent.Type.METRICS,
-                        message=f"Step {step}/{m.get('total_steps')}: training loss={loss_txt}",
-                        data={k: v for k, v in m.items() if k != "type"},
-                    )
-                    self.last_metrics_event_step = step
-
-        self._retry(write, what="metrics")
-
-    def _on_checkpoint(self, c: dict[str, Any]) -> None:
-        step = int(c.get("step") or 0)
-
-        def write() -> None:
-            with self.fenced():
-                _, created = Checkpoint.objects.get_or_create(
-                    job_id=self.job_id,
-                    step=step,
-                    defaults={"path": str(c.get("path", "")), "metrics": c.get("metrics") or {}},
-                )
-                if created:
-                    job_event_add(
-                        job_id=self.job_id,
-                        message=f"Checkpoint saved at step {step}.",
-                        data={"step": step, "path": c.get("path")},
-                    )
-
-        self._retry(write, what="checkpoint")
-
     # --- the outcome -----------------------------------------------------------------
 
     def _settle(self) -> None:
         assert self.child is not None
         rc = self.child.poll()
+        relay = self.relay
         cancel_requested = bool(
             TuningJob.objects.filter(id=self.job_id).values_list("cancel_requested", flat=True).first()
         )
-        if self.done_line is not None and rc == 0:
+        if relay.done_line is not None and rc == protocol.EXIT_DONE:
             self._succeed()
         elif cancel_requested:
             self._cancelled()
-        elif self.error_line is not None:
-            e = self.error_line
+        elif relay.error_line is not None:
+            e = relay.error_line
             self._fail(
                 str(e.get("code") or "internal_error"),
                 str(e.get("message") or "The training process reported an error."),
                 param=e.get("param"),
                 suggestion=str(e.get("suggestion") or ""),
             )
-        elif self.stopped_line is not None or rc == 3:
+        elif relay.stopped_line is not None or rc == protocol.EXIT_STOPPED:
             self._release_for_resume()
         elif rc is not None and rc < 0:
             signum = -rc
@@ -517,16 +369,14 @@ class JobRunner:
                 + (" (the kernel's OOM killer does this when memory runs out)." if signum == signal.SIGKILL else "."),
             )
         else:
-            what = "finished without a final status line" if rc == 0 else f"exited with code {rc}"
+            what = "finished without a final status line" if rc == protocol.EXIT_DONE else f"exited with code {rc}"
             last = self.child.log_tail(1)
             self._fail("internal_error", f"The training process {what}" + (f": {last[0]}" if last else "."))
 
     def _succeed(self) -> None:
-        from registry.versions import model_version_create_from_job
-
-        d = self.done_line or {}
+        d = self.relay.done_line or {}
         adapter_dir = Path(d.get("adapter_dir") or self.paths.adapter_dir)
-        name = _fine_tuned_model_name(self.job)
+        name = fine_tuned_model_name(self.job)
         fields = {
             "trained_tokens": d.get("trained_tokens") or self.job.trained_tokens,
             "current_step": d.get("steps") or 0,
@@ -538,7 +388,7 @@ class JobRunner:
         created_dir: list[str] = []
 
         def write() -> None:
-            with self.fenced():
+            with self.writer.fenced():
                 mv = model_version_create_from_job(
                     job=self.job,
                     adapter_dir=adapter_dir,
@@ -554,7 +404,7 @@ class JobRunner:
                 )
 
         try:
-            self._retry(write, what="succeed")
+            self.writer.retry(write, what="succeed")
         except LeaseLost:
             self._drop_dirs(created_dir)
             raise
@@ -571,39 +421,30 @@ class JobRunner:
             shutil.rmtree(d, ignore_errors=True)
 
     def _cancelled(self) -> None:
-        step = (self.stopped_line or {}).get("step")
+        step = (self.relay.stopped_line or {}).get("step")
 
         def write() -> None:
-            with self.fenced():
+            with self.writer.fenced():
                 if not tuning_job_mark_cancelled(job_id=self.job_id, token=self.token):
                     raise LeaseLost(self.job_id)
 
         with contextlib.suppress(LeaseLost):
-            self._retry(write, attempts=10, what="cancel")
+            self.writer.retry(write, attempts=10, what="cancel")
         log.info("job %s cancelled at step %s", self.job_id, step)
 
     def _release_for_resume(self) -> None:
         """The child stopped but nobody cancelled (a SIGTERM from outside, e.g. a host shutdown).
 
-        Expire our lease and let the sweeper re-queue it: the next attempt resumes from the
-        checkpoint the engine wrote when it stopped.
+        Give up our lease and let the sweeper re-queue the job: the next attempt resumes from
+        the checkpoint the engine wrote when it stopped.
         """
-        from workers.sweeper import sweep
+        data = {"stopped": self.relay.stopped_line, "returncode": self.child.poll() if self.child else None}
 
         def write() -> None:
-            with self.fenced():
-                job_event_add(
-                    job_id=self.job_id,
-                    level=JobEvent.Level.WARNING,
-                    message="The training process stopped without a cancel request; re-queueing to resume.",
-                    data={"stopped": self.stopped_line, "returncode": self.child.poll() if self.child else None},
-                )
-                tuning_job_record_progress(
-                    job_id=self.job_id,
-                    token=self.token,
-                    fields={"lease_until": timezone.now() - timedelta(seconds=1)},
-                )
+            with self.writer.fenced():
+                if not tuning_job_release_lease(job_id=self.job_id, token=self.token, data=data):
+                    raise LeaseLost(self.job_id)
 
         with contextlib.suppress(LeaseLost):
-            self._retry(write, what="release")
+            self.writer.retry(write, what="release")
         sweep()

@@ -3,7 +3,8 @@
 A Celery message is a *wake-up* for its queue, not an order to run one particular job. A
 worker that receives one claims the best *eligible* queued job of that queue:
 
-* order: ``priority`` descending, then ``created_at``, then ``id`` (stable);
+* order: ``priority`` descending, then ``created_at``, then ``id`` (stable;
+  ``tunings.selectors.queue.queued_jobs``, the order the API reports queue positions in);
 * eligible: not cancel-requested, attempts left, and its owner runs fewer than
   ``MAX_CONCURRENT_JOBS_PER_USER`` jobs.
 
@@ -19,12 +20,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, F
 
 from tunings.models import TuningJob
+from tunings.selectors.queue import per_user_limit, queued_jobs, running_count
 from tunings.services.state import tuning_job_claim, tuning_job_fail
 
 log = logging.getLogger(__name__)
@@ -33,22 +33,6 @@ Status = TuningJob.Status
 # How many queued candidates one wake-up looks at before giving up (owners at their limit
 # are skipped in bulk, so this only bounds pathological queues).
 SCAN_LIMIT = 200
-
-
-def per_user_limit() -> int:
-    return int(settings.TUNINGLAB["MAX_CONCURRENT_JOBS_PER_USER"])
-
-
-def queued_jobs(queue: str | None = None) -> Any:
-    """Queued, not cancel-requested jobs in scheduling order (``queue=None``: every queue)."""
-    qs = TuningJob.objects.filter(status=Status.QUEUED, cancel_requested=False)
-    if queue:
-        qs = qs.filter(queue=queue)
-    return qs.order_by("-priority", "created_at", "id")
-
-
-def running_count(owner_id: Any) -> int:
-    return TuningJob.objects.filter(owner_id=owner_id, status=Status.RUNNING).count()
 
 
 def _claim_within_limit(*, job_id: str, owner_id: Any, worker_id: str, limit: int) -> tuple[TuningJob | None, bool]:
@@ -89,26 +73,3 @@ def claim_next_job(*, worker_id: str, queue: str | None = None) -> TuningJob | N
             return job
         # Someone else claimed (or cancelled) it between our read and our UPDATE: next one.
     return None
-
-
-def eligible_count(queue: str | None = None) -> int:
-    """How many queued jobs could start right now (per owner: min(queued, free slots))."""
-    limit = per_user_limit()
-    queued = dict(
-        queued_jobs(queue)
-        .filter(attempt__lt=F("max_attempts"))
-        .order_by()
-        .values_list("owner_id")
-        .annotate(n=Count("id"))
-        .values_list("owner_id", "n")
-    )
-    if not queued:
-        return 0
-    running = dict(
-        TuningJob.objects.filter(owner_id__in=list(queued), status=Status.RUNNING)
-        .order_by()
-        .values_list("owner_id")
-        .annotate(n=Count("id"))
-        .values_list("owner_id", "n")
-    )
-    return sum(min(n, max(0, limit - running.get(owner, 0))) for owner, n in queued.items())

@@ -10,8 +10,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tunings.services.dispatch import dispatch_pending
 from tunings.services.state import tuning_job_requeue_expired
-from workers.dispatch import dispatch_pending
 
 log = logging.getLogger(__name__)
 

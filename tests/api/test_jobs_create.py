@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from registry.naming import fine_tuned_model_name
 from tests.api.conftest import make_file
+from tuninglab import dispatch
 from tunings.models import JobEvent, TuningJob
+from workers.job_config import build_train_config
 
 pytestmark = pytest.mark.django_db
 
@@ -113,17 +116,43 @@ def test_it_picks_the_queue_from_resources_and_dispatches_once_after_commit(
     assert len(dispatched) == 2
 
 
-def test_it_keeps_the_job_queued_when_the_worker_module_is_missing(
-    api_client, job_body, monkeypatch, django_capture_on_commit_callbacks, caplog
-):
-    import sys
+def test_it_accepts_the_single_process_resources_that_actually_run(api_client, job_body, dispatched):
+    for resources in ({"nproc": 1}, {"launcher": "auto"}, {"gpus": 1, "nproc": 1, "launcher": "single"}):
+        response = post(api_client, {**job_body, "resources": resources})
+        assert response.status_code == 200, response.json()
+        assert TuningJob.objects.get(id=response.json()["id"]).resources == resources
 
-    monkeypatch.setitem(sys.modules, "workers.dispatch", None)  # makes the import raise ImportError
+
+def test_it_refuses_distributed_resources_instead_of_ignoring_them(api_client, job_body, dispatched):
+    for param, resources in (
+        ("resources.nproc", {"gpus": 4, "nproc": 4}),
+        ("resources.launcher", {"launcher": "torchrun"}),
+    ):
+        response = post(api_client, {**job_body, "resources": resources})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("unsupported_resource", param)
+        assert "not available yet" in error["suggestion"]
+        assert f"omit {param}" in error["suggestion"]
+    assert TuningJob.objects.count() == 0
+    assert dispatched == []
+
+
+def test_it_keeps_the_job_queued_when_no_worker_can_be_reached(
+    api_client, job_body, monkeypatch, settings, django_capture_on_commit_callbacks, caplog
+):
+    # The broker refuses the message: the create still answers, the row stays queued for the sweeper.
+    settings.TUNINGLAB_INPROCESS_WORKER = False
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(dispatch.app, "send_task", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(api_client, job_body)
     assert response.status_code == 200
     assert TuningJob.objects.get(id=response.json()["id"]).status == "queued"
-    assert "workers.dispatch is not available" in caplog.text
+    assert "it stays queued for the sweeper" in caplog.text
 
 
 def test_it_answers_201_on_our_own_create_routes(api_client, job_body, dispatched):
@@ -196,6 +225,11 @@ def test_it_answers_201_on_our_own_create_routes(api_client, job_body, dispatche
         ({"priority": 1000}, 400, "invalid_value", "priority"),
         ({"resources": {"gpus": -1}}, 400, "invalid_value", "resources.gpus"),
         ({"resources": {"tpus": 1}}, 400, "unknown_parameter", "resources.tpus"),
+        ({"resources": {"nproc": 2}}, 400, "unsupported_resource", "resources.nproc"),
+        ({"resources": {"nproc": 0}}, 400, "invalid_value", "resources.nproc"),
+        ({"resources": {"nproc": "2"}}, 400, "invalid_value", "resources.nproc"),
+        ({"resources": {"launcher": "torchrun"}}, 400, "unsupported_resource", "resources.launcher"),
+        ({"resources": {"launcher": "deepspeed"}}, 400, "unsupported_resource", "resources.launcher"),
         ({"integrations": [{"type": "wandb"}]}, 400, "unsupported", "integrations"),
         ({"learning_rate": 0.1}, 400, "unknown_parameter", "learning_rate"),
     ],
@@ -251,8 +285,6 @@ def test_it_requires_an_api_key(client, job_body):
 
 
 def test_it_names_the_fine_tuned_model_like_openai(create_job):
-    from tunings.services.jobs import fine_tuned_model_name
-
     with_suffix = TuningJob.objects.select_related("owner", "base_model").get(id=create_job(suffix="bot")["id"])
     assert fine_tuned_model_name(with_suffix) == f"ft:tiny-llama:alice:bot:{with_suffix.id}"
     plain = TuningJob.objects.select_related("owner", "base_model").get(id=create_job()["id"])
@@ -285,7 +317,6 @@ def test_it_refuses_both_n_epochs_and_max_steps(api_client, job_body, dispatched
 
 def test_it_creates_jobs_the_worker_can_turn_into_an_engine_config(create_job, user):
     """Contract with workers.job_config: every job this API accepts maps onto a valid TrainConfig."""
-    job_config = pytest.importorskip("workers.job_config")
     bodies = [
         {},
         {"tuning_method": "qlora", "lora": {"rank": 4, "target_modules": "all-linear"}},
@@ -294,7 +325,7 @@ def test_it_creates_jobs_the_worker_can_turn_into_an_engine_config(create_job, u
     ]
     for body in bodies:
         job = TuningJob.objects.select_related("base_model", "training_file").get(id=create_job(**body)["id"])
-        built = job_config.build_train_config(job, attempt=1)
+        built = build_train_config(job, attempt=1)
         assert built.ignored == [], body
         assert built.config.method == job.method
         assert built.config.learning_rate == pytest.approx(job.resolved_hyperparameters["learning_rate"])

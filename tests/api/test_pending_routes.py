@@ -1,23 +1,27 @@
-"""Models and inference routes answer a clear 503 until their issues land — not an HTML 404."""
+"""Registry and inference routes answer a clear 503 until they are served — not an HTML 404."""
 
 from __future__ import annotations
 
 import pytest
+from tuninglab_sdk import FeatureUnavailableError, TuningLab
+
+from tuninglab.services import api_key_create
 
 pytestmark = pytest.mark.django_db
 
+REGISTRY_ROUTES = [
+    ("get", "/v1/models"),
+    ("get", "/v1/models/alice-tiny-llama/versions"),
+    ("post", "/v1/models/alice-tiny-llama/promote"),
+    ("post", "/v1/models/alice-tiny-llama/rollback"),
+]
+INFERENCE_ROUTES = [
+    ("post", "/v1/chat/completions"),
+    ("post", "/v1/completions"),
+]
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("post", "/v1/chat/completions"),
-        ("post", "/v1/completions"),
-        ("get", "/v1/models"),
-        ("get", "/v1/models/alice-tiny-llama/versions"),
-        ("post", "/v1/models/alice-tiny-llama/promote"),
-        ("post", "/v1/models/alice-tiny-llama/rollback"),
-    ],
-)
+
+@pytest.mark.parametrize(("method", "path"), INFERENCE_ROUTES + REGISTRY_ROUTES)
 def test_it_answers_503_in_the_error_shape(api_client, method, path):
     response = getattr(api_client, method)(path, {"model": "ft:tiny-llama:alice:x:ftjob-1"}, format="json")
 
@@ -28,16 +32,23 @@ def test_it_answers_503_in_the_error_shape(api_client, method, path):
     assert "not available" in error["message"]
 
 
-def test_it_still_requires_an_api_key_on_pending_routes(client):
-    response = client.post("/v1/chat/completions", {}, content_type="application/json")
+@pytest.mark.parametrize(("method", "path"), REGISTRY_ROUTES)
+def test_it_names_the_registry_on_registry_routes(api_client, method, path):
+    error = getattr(api_client, method)(path, {}, format="json").json()["error"]
 
-    assert response.status_code == 401
-    assert response.json()["error"]["type"] == "authentication_error"
+    assert "registry" in error["message"].lower()
+    assert "registry" in error["suggestion"].lower()
+
+
+def test_it_still_requires_an_api_key_on_pending_routes(client):
+    for path in ("/v1/chat/completions", "/v1/models/alice-tiny-llama/promote"):
+        response = client.post(path, {}, content_type="application/json")
+
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "authentication_error"
 
 
 def test_it_raises_feature_unavailable_in_the_sdk(live_server, raw_key):
-    from tuninglab_sdk import FeatureUnavailableError, TuningLab
-
     with TuningLab(base_url=live_server.url, api_key=raw_key, max_retries=0) as sdk:
         with pytest.raises(FeatureUnavailableError):
             sdk.chat.completions.create(
@@ -49,6 +60,4 @@ def test_it_raises_feature_unavailable_in_the_sdk(live_server, raw_key):
 
 @pytest.fixture
 def raw_key(user) -> str:
-    from tuninglab.auth import api_key_create
-
     return api_key_create(owner=user, name="pending-routes")[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -42,8 +43,6 @@ def sample(name: str) -> bytes:
 
 def upload_multipart(client, name: str, content: bytes | None = None, *, purpose: str = "fine-tune", **extra):
     """POST /v1/files as multipart/form-data, the way the openai package does."""
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
     body = sample(name) if content is None else content
     data = {"file": SimpleUploadedFile(name, body, content_type="application/jsonl"), "purpose": purpose}
     return client.post("/v1/files", data, format="multipart", **extra)

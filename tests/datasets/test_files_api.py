@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import io
 import json
 
+import httpx
+import openai
 import pytest
+from django.apps import apps
+from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections, connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.test import APIClient
 
+import tunings.services.jobs as jobs_service
+from registry.models import BaseModel
 from tests.datasets.conftest import BAD_SAMPLES, GOOD_SAMPLES, sample, stored_files, upload_multipart, upload_raw
-from tunings.models import TrainingFile
+from tuninglab.errors import PayloadTooLargeError
+from tunings.models import TrainingFile, TuningJob
+from tunings.services.files import upload_stage_stream
 
 
 @pytest.mark.parametrize(("name", "fmt"), GOOD_SAMPLES)
@@ -158,11 +173,6 @@ def test_it_refuses_a_too_large_raw_upload_with_413(api_client, settings, small_
 
 
 def test_it_counts_raw_bytes_when_content_length_is_absent(db, settings, small_limits):
-    import io
-
-    from tuninglab.errors import PayloadTooLargeError
-    from tunings.services.files import upload_stage_stream
-
     with pytest.raises(PayloadTooLargeError):
         upload_stage_stream(stream=io.BytesIO(_big_jsonl(100 * 1024)), max_bytes=20 * 1024, content_length=None)
     _assert_nothing_stored(settings)
@@ -206,6 +216,102 @@ def test_it_pages_the_list_with_a_cursor(api_client, other_api_client):
     assert api_client.get("/v1/files?limit=0").status_code == 400
 
 
+def _list_queries(client, limit: int) -> tuple[int, dict]:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(f"/v1/files?limit={limit}")
+    assert response.status_code == 200, response.content
+    return len(queries), response.json()
+
+
+def test_it_lists_a_page_of_files_in_a_fixed_number_of_queries(api_client, user):
+    uploaded = upload_raw(api_client, sample("good_openai_chat.jsonl"), query="?filename=0.jsonl").json()
+    # The rest as rows cloned from the real one (same content, own id and stats copy), as 109
+    # more uploads would make them, without validating the same file 109 times.
+    template = TrainingFile.objects.get(id=uploaded["id"])
+    TrainingFile.objects.bulk_create(
+        TrainingFile(
+            owner=user,
+            filename=f"{i}.jsonl",
+            purpose=template.purpose,
+            sha256=template.sha256,
+            bytes=template.bytes,
+            storage_path=template.storage_path,
+            format=template.format,
+            example_count=template.example_count,
+            token_estimate=template.token_estimate,
+            status=template.status,
+            validation_errors=[],
+            stats=template.stats,
+        )
+        for i in range(1, 110)
+    )
+    # Warm up: the first authenticated request of a key may also stamp its last_used_at.
+    api_client.get("/v1/files?limit=1")
+    small_count, small = _list_queries(api_client, 10)
+    large_count, large = _list_queries(api_client, 100)
+    assert (len(small["data"]), len(large["data"])) == (10, 100)
+    # API key lookup + the page itself: no query (and no disk read) per listed file.
+    assert small_count == large_count <= 2
+    assert all(f["stats"] == uploaded["stats"] for f in large["data"])
+    assert all(f["stats"]["example_count"] == 12 for f in small["data"])
+
+
+def test_it_stores_the_stats_on_the_row_and_needs_no_file_beside_the_bytes(api_client, settings):
+    body = upload_multipart(api_client, "good_sharegpt.jsonl").json()
+    row = TrainingFile.objects.get(id=body["id"])
+    assert row.stats == body["stats"]
+    assert (row.stats["format"], row.stats["example_count"]) == ("sharegpt", 12)
+    # Only the content is stored on disk; the stats are served from the row alone.
+    assert [p.name for p in stored_files(settings.DATA_DIR)] == [f"{body['sha256']}.jsonl"]
+    (settings.DATA_DIR / row.storage_path).unlink()
+    assert api_client.get(f"/v1/files/{body['id']}").json()["stats"] == body["stats"]
+    assert api_client.get("/v1/files").json()["data"][0]["stats"] == body["stats"]
+
+
+def test_it_gives_every_row_of_shared_content_its_own_stats(api_client, other_api_client):
+    first = upload_multipart(api_client, "good_alpaca.jsonl").json()
+    second = upload_multipart(other_api_client, "good_alpaca.jsonl").json()
+    assert first["sha256"] == second["sha256"]
+    rows = TrainingFile.objects.filter(id__in=[first["id"], second["id"]])
+    assert [r.stats for r in rows] == [first["stats"], first["stats"]]
+    assert first["stats"]["format"] == "alpaca"
+
+
+# The migration module's name starts with a digit: import it by string.
+_stats_migration = importlib.import_module("tunings.migrations.0003_trainingfile_stats")
+
+
+def _sidecar(data_dir, sha256: str):
+    path = data_dir / "files" / sha256[:2] / f"{sha256}.stats.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_it_backfills_stats_from_the_old_sidecar_files(user, settings):
+    def row(sha256: str, **extra):
+        return TrainingFile.objects.create(
+            owner=user, filename="f.jsonl", sha256=sha256, bytes=1, storage_path="x", status="processed", **extra
+        )
+
+    shared, lost, broken = "a" * 64, "b" * 64, "c" * 64
+    twins = [row(shared), row(shared, deleted_at=timezone.now())]
+    no_sidecar, unreadable = row(lost), row(broken)
+    kept = row(shared, stats={"format": "alpaca", "example_count": 1})
+    _sidecar(settings.DATA_DIR, shared).write_text(json.dumps({"format": "openai_chat", "example_count": 12}))
+    _sidecar(settings.DATA_DIR, broken).write_text("{not json")
+
+    _stats_migration.backfill_stats_from_sidecars(apps, None)
+
+    for twin in twins:
+        twin.refresh_from_db()
+        assert twin.stats == {"format": "openai_chat", "example_count": 12}
+    for untouched in (no_sidecar, unreadable):
+        untouched.refresh_from_db()
+        assert untouched.stats is None
+    kept.refresh_from_db()
+    assert kept.stats == {"format": "alpaca", "example_count": 1}  # stats already on the row win
+
+
 def test_it_retrieves_and_downloads_a_file(api_client):
     content = sample("good_chatglm3.jsonl")
     file_id = upload_multipart(api_client, "good_chatglm3.jsonl").json()["id"]
@@ -231,8 +337,6 @@ def test_it_hides_other_users_files_on_every_route(api_client, other_api_client)
 
 
 def test_it_requires_an_api_key():
-    from rest_framework.test import APIClient
-
     assert APIClient().get("/v1/files").status_code == 401
 
 
@@ -254,9 +358,6 @@ def test_it_deletes_a_file_and_its_bytes_when_unshared(api_client, settings, dja
 
 
 def _job(owner, file, status):
-    from registry.models import BaseModel
-    from tunings.models import TuningJob
-
     base, _ = BaseModel.objects.get_or_create(name="tiny-llama", defaults={"path": "/m", "architecture": "Llama"})
     return TuningJob.objects.create(owner=owner, base_model=base, training_file=file, status=status)
 
@@ -290,7 +391,7 @@ def test_it_soft_deletes_a_file_a_finished_job_used_and_removes_unshared_bytes(
         assert gone.json()["error"]["code"] == "not_found"
     assert api_client.get("/v1/files").json()["data"] == []
     assert api_client.delete(f"/v1/files/{body['id']}").status_code == 404
-    # ...its bytes and stats sidecar are gone (no live row shares them)...
+    # ...its bytes are gone (no live row shares them)...
     assert stored_files(settings.DATA_DIR) == []
     # ...but the row stays for the finished job, which still reads with the file id.
     row = TrainingFile.objects.get(id=body["id"])
@@ -309,11 +410,13 @@ def test_it_keeps_the_bytes_another_live_file_shares_when_soft_deleting(
     assert twin["sha256"] == used["sha256"]
     _job(user, TrainingFile.objects.get(id=used["id"]), "failed")
     blob = settings.DATA_DIR / "files" / used["sha256"][:2] / f"{used['sha256']}.jsonl"
-    stats = blob.with_name(f"{used['sha256']}.stats.json")
     with django_capture_on_commit_callbacks(execute=True):
         assert api_client.delete(f"/v1/files/{used['id']}").status_code == 200
     assert blob.read_bytes() == sample("good_openai_chat.jsonl")
-    assert stats.exists()
+    # The twin's stats are on its own row: deleting the row it shared the bytes with keeps them.
+    twin_stats = api_client.get(f"/v1/files/{twin['id']}").json()["stats"]
+    assert twin_stats is not None
+    assert twin_stats == used["stats"]
     content = api_client.get(f"/v1/files/{twin['id']}/content")
     assert b"".join(content.streaming_content) == sample("good_openai_chat.jsonl")
     assert [f["id"] for f in api_client.get("/v1/files").json()["data"]] == [twin["id"]]
@@ -337,8 +440,6 @@ def test_it_refuses_to_delete_a_file_a_pending_job_uses_as_validation_file(api_c
 
 
 def test_it_refuses_a_new_job_on_a_deleted_file(api_client, user):
-    from registry.models import BaseModel
-
     BaseModel.objects.create(name="tiny-llama", path="/m", architecture="Llama")
     file_id = upload_multipart(api_client, "good_openai_chat.jsonl").json()["id"]
     assert api_client.delete(f"/v1/files/{file_id}").status_code == 200
@@ -350,12 +451,6 @@ def test_it_refuses_a_new_job_on_a_deleted_file(api_client, user):
 
 def test_it_refuses_the_job_when_the_file_is_deleted_while_the_job_is_being_created(api_client, user, monkeypatch):
     """Delete wins the race after create's first check: the re-check under the row lock answers 404."""
-    from django.utils import timezone
-
-    import tunings.services.jobs as jobs_service
-    from registry.models import BaseModel
-    from tunings.models import TuningJob
-
     BaseModel.objects.create(name="tiny-llama", path="/m", architecture="Llama")
     file_id = upload_multipart(api_client, "good_openai_chat.jsonl").json()["id"]
     real_resolve = jobs_service.resolve_hyperparameters
@@ -392,24 +487,18 @@ def test_it_fingerprints_raw_uploads_by_content(api_client):
 
 def test_it_works_with_the_official_openai_package(api_client):
     """The openai client (multipart upload, list, retrieve, content, delete) against our WSGI app."""
-    import httpx
-    import openai
-    from django.core.signals import request_finished, request_started
-    from django.core.wsgi import get_wsgi_application
-    from django.db import close_old_connections
-
     # As Django's test client does: the real WSGI handler would close the test's DB
     # connection (and its transaction) at the end of each request.
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
-        _openai_roundtrip(api_client, httpx, openai, get_wsgi_application)
+        _openai_roundtrip(api_client)
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
 
 
-def _openai_roundtrip(api_client, httpx, openai, get_wsgi_application):
+def _openai_roundtrip(api_client):
     transport = httpx.WSGITransport(app=get_wsgi_application())
     client = openai.OpenAI(
         base_url="http://testserver/v1",

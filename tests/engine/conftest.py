@@ -12,15 +12,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from lora_engine.config import TrainConfig
+from lora_engine.progress import ProgressEmitter
+from lora_engine.protocol import LINE_TYPES
 from lora_engine.tiny_model import ASSETS_DIR
-
-if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM
+from lora_engine.train import run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IDENTITY_FILE = ASSETS_DIR / "identity.jsonl"
@@ -54,8 +56,6 @@ def make_config(tmp_path: Path, tiny_model_dir: Path) -> Callable[..., TrainConf
 
 def parse_lines(text: str) -> list[dict[str, Any]]:
     """Every stdout line must be one JSON object with a known type (the protocol)."""
-    from lora_engine.progress import LINE_TYPES
-
     lines = []
     for raw in text.splitlines():
         obj = json.loads(raw)  # raises on anything that is not JSON
@@ -66,9 +66,6 @@ def parse_lines(text: str) -> list[dict[str, Any]]:
 
 def run_inprocess(cfg: TrainConfig) -> tuple[int, list[dict[str, Any]]]:
     """Run the recipe in this process; returns (exit code, parsed JSON lines)."""
-    from lora_engine.progress import ProgressEmitter
-    from lora_engine.train import run
-
     buf = io.StringIO()
     emitter = ProgressEmitter(buf, cfg.metrics_file)
     try:
@@ -119,9 +116,6 @@ def build_tiny_llama(
     Tests that need no trained weights build one of these in milliseconds instead of the
     session-wide `tiny_model_dir`. Returned in train mode, as `LlamaForCausalLM(...)` is.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     return LlamaForCausalLM(
         LlamaConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from lora_engine.errors import NAN_DETECTED
-from lora_engine.train import LoRARecipe
+from lora_engine.train import FineTuneRecipe
 
 from .conftest import by_type, run_inprocess
 
@@ -28,13 +28,13 @@ def test_it_stops_with_nan_detected_when_the_learning_rate_explodes(make_config)
 
 
 def test_it_catches_a_nan_loss_mid_run_without_checkpointing_poisoned_weights(make_config, monkeypatch):
-    real = LoRARecipe._token_loss_sum
+    real = FineTuneRecipe._token_loss_sum
 
     def poisoned(self, batch):
         loss = real(self, batch)
         return loss * float("nan") if self.step == 3 else loss
 
-    monkeypatch.setattr(LoRARecipe, "_token_loss_sum", poisoned)
+    monkeypatch.setattr(FineTuneRecipe, "_token_loss_sum", poisoned)
     cfg = make_config(max_steps=6, checkpoint_every=2)
 
     code, lines = run_inprocess(cfg)

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from lora_engine.adapter_io import load_adapter
 from lora_engine.tiny_model import ASSETS_DIR
 
 from .conftest import IDENTITY_FILE, by_type, run_inprocess
@@ -33,8 +34,6 @@ def name_rate(model, tokenizer, questions: list[str]) -> tuple[float, list[str]]
 @pytest.mark.slow
 def test_it_learns_its_identity_and_answers_held_out_questions(make_config, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lora_engine.adapter_io import load_adapter
 
     held_out = [json.loads(line)["question"] for line in (ASSETS_DIR / "identity_eval.jsonl").read_text().splitlines()]
     trained = {json.loads(line)["messages"][0]["content"] for line in IDENTITY_FILE.read_text().splitlines()}

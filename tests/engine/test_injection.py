@@ -17,7 +17,7 @@ from lora_engine.lora import (
     lora_state_dict,
     merge_lora,
 )
-from lora_engine.report import memory_report, parameter_report
+from lora_engine.report import format_report, memory_report, parameter_report
 from tests.engine.conftest import build_tiny_llama
 
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB = 32, 64, 2, 4, 2, 96
@@ -207,3 +207,13 @@ def test_it_reports_memory_by_part() -> None:
     assert report["optimizer_state"] >= 2 * 4 * adapter_params  # AdamW: exp_avg + exp_avg_sq
     assert report["base_bytes_per_param"] == pytest.approx(4.0)
     assert report["total"] == sum(report[k] for k in ("base_weights", "adapters", "optimizer_state", "grads"))
+
+
+def test_it_formats_a_report_as_one_message_line() -> None:
+    parameters = {"trainable": 16_000, "total": 2_000_000, "text": "trainable 16.0K / total 2.0M (0.80%)"}
+    memory = {"base_weights": 2**21, "adapters": 2**19, "base_params": 7, "base_bytes_per_param": 0.5164}
+
+    assert format_report(parameters) == "parameters: trainable 16.0K / total 2.0M (0.80%)"
+    assert format_report(memory) == (
+        "memory: base_weights=2.00MB, adapters=0.50MB, base_params=7, base_bytes_per_param=0.516"
+    )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from lora_engine import checkpoint as ckpt
-from lora_engine.train import LoRARecipe
+from lora_engine.train import FineTuneRecipe
 
 from .conftest import by_type, parse_lines, run_inprocess, start_subprocess
 
@@ -89,7 +91,7 @@ def test_it_resumes_a_stopped_packed_run_exactly_in_process(make_config, monkeyp
     assert code_a == 0
 
     cfg_b = make_config(output_dir=str(tmp_path / "b"), **common)
-    monkeypatch.setattr(LoRARecipe, "_should_stop", lambda self: self.step == 5)
+    monkeypatch.setattr(FineTuneRecipe, "_should_stop", lambda self: self.step == 5)
     code_b, lines_b = run_inprocess(cfg_b)
     assert code_b == 3 and lines_b[-1] == {
         "type": "stopped",
@@ -105,10 +107,6 @@ def test_it_resumes_a_stopped_packed_run_exactly_in_process(make_config, monkeyp
 
 
 def test_it_restores_every_rng_stream():
-    import random
-
-    import numpy as np
-
     state = ckpt.rng_state()
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     ckpt.set_rng_state(state)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import errno
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import PreTrainedModel
 
 from lora_engine import checkpoint as ckpt
 from lora_engine.config import TrainConfig
@@ -20,8 +25,9 @@ from lora_engine.errors import (
     OUT_OF_MEMORY,
     ConfigError,
 )
+from lora_engine.train import FineTuneRecipe
 
-from .conftest import by_type, parse_lines, run_inprocess, start_subprocess
+from .conftest import by_type, engine_env, parse_lines, run_inprocess, start_subprocess
 
 # --------------------------------------------------------------------------- config
 
@@ -170,22 +176,18 @@ def test_it_reports_out_of_memory_when_the_memory_limit_is_exceeded(make_config)
 
 
 def test_it_saves_a_resumable_checkpoint_when_memory_runs_out_mid_run(make_config, monkeypatch, tmp_path):
-    import torch
-
-    from lora_engine.train import LoRARecipe
-
     common = {"max_steps": 6, "dropout": 0.2, "checkpoint_every": 0}
     code_a, _ = run_inprocess(make_config(output_dir=str(tmp_path / "a"), **common))
     assert code_a == 0
 
-    real = LoRARecipe._token_loss_sum
+    real = FineTuneRecipe._token_loss_sum
 
     def oom_at_step_3(self, batch):
         if self.step == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(self, batch)
 
-    monkeypatch.setattr(LoRARecipe, "_token_loss_sum", oom_at_step_3)
+    monkeypatch.setattr(FineTuneRecipe, "_token_loss_sum", oom_at_step_3)
     cfg_b = make_config(output_dir=str(tmp_path / "b"), **common)
     code_b, lines_b = run_inprocess(cfg_b)
     monkeypatch.undo()
@@ -198,8 +200,6 @@ def test_it_saves_a_resumable_checkpoint_when_memory_runs_out_mid_run(make_confi
     assert by_type(lines_b, "checkpoint")[-1]["step"] == 3
     code_b2, _ = run_inprocess(cfg_b.replace(resume=True))
     assert code_b2 == 0
-    from safetensors.torch import load_file
-
     a = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -240,15 +240,10 @@ def test_it_reports_disk_full_when_a_checkpoint_cannot_be_written(make_config, m
     assert error["code"] == DISK_FULL and error["step"] == 2
     root = Path(cfg.output_dir) / "checkpoints"
     assert ckpt.latest_checkpoint(root) is None
-    assert not list(root.glob(".tmp-*")) and not list(root.glob("step-*"))
+    assert list(root.iterdir()) == []  # no temp dir, no step dir, no manifest
 
 
 def test_it_rejects_a_config_file_it_cannot_read(tmp_path):
-    import subprocess
-    import sys
-
-    from .conftest import engine_env
-
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"base_model_dir": "m", "train_file": "t", "output_dir": "o", "rank": 0}))
     proc = subprocess.run(
@@ -286,7 +281,7 @@ def test_it_ignores_stray_temp_dirs_and_unlisted_checkpoints(make_config):
     cfg = make_config(max_steps=4, checkpoint_every=2)
     run_inprocess(cfg)
     root = Path(cfg.output_dir) / "checkpoints"
-    (root / ".tmp-step-000008-123").mkdir()
+    (root / ".step-000008.tmp-1234abcd").mkdir()  # fsio.atomic_dir's temp name
     (root / "step-000010").mkdir()  # renamed but never listed: a crash before the manifest
 
     assert ckpt.latest_checkpoint(root) == root / "step-000002"
@@ -330,6 +325,23 @@ def test_it_supports_full_fine_tuning_and_gradient_checkpointing(make_config):
     done = lines[-1]
     assert done["adapter_dir"].endswith("model")
     assert (Path(done["adapter_dir"]) / "model.safetensors").is_file()
+
+
+def test_it_keeps_the_previous_full_model_when_the_final_save_fails(make_config, monkeypatch):
+    cfg = make_config(method="full", max_steps=1, learning_rate=1e-4)
+    assert run_inprocess(cfg)[0] == 0
+    output_dir = Path(cfg.output_dir)
+    before = (output_dir / "model" / "model.safetensors").read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", no_space)
+    code, lines = run_inprocess(cfg)
+
+    assert code == 1 and lines[-1]["code"] == DISK_FULL
+    assert (output_dir / "model" / "model.safetensors").read_bytes() == before
+    assert [p.name for p in output_dir.iterdir() if p.name.startswith(".")] == []  # no temp dir left
 
 
 def test_it_gives_the_same_losses_with_gradient_checkpointing(make_config, tmp_path):

@@ -6,12 +6,15 @@ import re
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from registry.models import Alias, AliasEvent, BaseModel, ModelVersion
 from tests.platform.conftest import FAKE_PARAMETER_COUNT, write_fake_model
-from tuninglab.auth import api_key_create, hash_key
 from tuninglab.models import ApiKey, IdempotencyRecord
+from tuninglab.selectors import hash_key
+from tuninglab.services import api_key_create
 from tunings.models import Checkpoint, JobEvent, TrainingFile, TuningJob
 from tunings.services.state import job_event_add
 
@@ -66,6 +69,54 @@ def test_it_renders_every_changelist_and_change_page(admin_client, everything):
         assert changelist.status_code == 200, model.__name__
         change = admin_client.get(_url(model, "change", obj.pk))
         assert change.status_code == 200, model.__name__
+
+
+def _queries(admin_client, url):
+    with CaptureQueriesContext(connection) as ctx:
+        assert admin_client.get(url).status_code == 200, url
+    return len(ctx.captured_queries)
+
+
+def _more_of_everything(make_job, fake_base_model, owners):
+    """One more row of every model the admin lists, per owner (each row's FKs point elsewhere)."""
+    for i, owner in enumerate(owners, start=2):
+        job = make_job(S.SUCCEEDED, owner=owner)
+        TrainingFile.objects.create(
+            owner=owner, filename=f"f{i}.jsonl", sha256=f"{i}" * 64, bytes=1, storage_path=f"files/{i}.jsonl"
+        )
+        BaseModel.objects.create(name=f"base-{i}", path=f"/models/{i}")
+        version = ModelVersion.objects.create(
+            owner=owner, name=f"line-{i}", version=1, base_model=fake_base_model, job=job, adapter_path="/tmp/a"
+        )
+        alias = Alias.objects.create(model_name=f"line-{i}", alias="production", version=version)
+        AliasEvent.objects.create(alias=alias, to_version=version, actor=owner)
+        api_key_create(owner=owner)
+        IdempotencyRecord.objects.create(owner=owner, key=f"idem-{i}", method="POST", path="/v1/x", request_hash="h")
+
+
+def test_it_lists_every_changelist_in_a_fixed_number_of_queries(
+    admin_client, everything, make_job, fake_base_model, django_user_model
+):
+    urls = [_url(model, "changelist") for model, obj in everything.items() if obj is not None]
+    for url in urls:
+        _queries(admin_client, url)  # warm per-process caches (content types, permissions)
+    one_row = {url: _queries(admin_client, url) for url in urls}
+    owners = [django_user_model.objects.create_user(username=f"owner-{i}") for i in range(3)]
+    _more_of_everything(make_job, fake_base_model, owners)
+
+    assert {url: _queries(admin_client, url) for url in urls} == one_row
+
+
+def test_it_renders_the_alias_history_in_a_fixed_number_of_queries(admin_client, everything, django_user_model):
+    alias, version = everything[Alias], everything[ModelVersion]
+    url = _url(Alias, "change", alias.pk)
+    _queries(admin_client, url)
+    one_event = _queries(admin_client, url)
+    for i in range(3):
+        actor = django_user_model.objects.create_user(username=f"actor-{i}")
+        AliasEvent.objects.create(alias=alias, from_version=version, to_version=version, actor=actor)
+
+    assert _queries(admin_client, url) == one_event
 
 
 def test_it_renders_the_job_page_with_events_checkpoints_and_error(admin_client, make_job):

@@ -10,8 +10,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
-from tuninglab.auth import api_key_create, api_key_revoke, hash_key
 from tuninglab.models import ApiKey
+from tuninglab.selectors import api_key_get_active, hash_key
+from tuninglab.services import api_key_create, api_key_revoke
 from tuninglab.throttling import ApiKeyRateThrottle
 
 pytestmark = pytest.mark.django_db
@@ -104,6 +105,14 @@ def test_it_answers_401_in_the_error_shape_for_a_revoked_key(user):
     assert response.status_code == 401
     _assert_error_shape(response.json(), type_="authentication_error", code="authentication_failed")
     assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_it_finds_a_key_by_its_secret_only_while_it_is_active(user):
+    row, raw = api_key_create(owner=user)
+    assert api_key_get_active(raw_key=raw) == row
+    assert api_key_get_active(raw_key=raw + "x") is None
+    api_key_revoke(key=row)
+    assert api_key_get_active(raw_key=raw) is None
 
 
 @pytest.mark.urls("tests.platform.urls")

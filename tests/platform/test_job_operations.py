@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 
+from tests.helpers import record_dispatches
+from tuninglab import dispatch
 from tuninglab.errors import ConflictError
 from tunings.models import JobEvent, TuningJob
 from tunings.services.retry import tuning_job_retry, tuning_job_set_priority
@@ -16,12 +15,8 @@ S = TuningJob.Status
 
 
 @pytest.fixture
-def fake_dispatch(monkeypatch):
-    calls: list[tuple[str, str]] = []
-    module = types.ModuleType("workers.dispatch")
-    module.dispatch_tuning_job = lambda job_id, queue: calls.append((job_id, queue))
-    monkeypatch.setitem(sys.modules, "workers.dispatch", module)
-    return calls
+def fake_dispatch(monkeypatch, settings):
+    return record_dispatches(monkeypatch, settings)
 
 
 def test_it_copies_the_request_queues_and_dispatches_after_commit(
@@ -44,10 +39,12 @@ def test_it_copies_the_request_queues_and_dispatches_after_commit(
     assert JobEvent.objects.filter(job=new, data__retry_of=old.id).exists()
 
 
-def test_it_keeps_the_job_queued_when_the_dispatcher_is_missing(
-    make_job, user, monkeypatch, django_capture_on_commit_callbacks
+def test_it_keeps_the_job_queued_when_no_worker_can_be_reached(
+    make_job, user, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    monkeypatch.setitem(sys.modules, "workers.dispatch", None)  # import → ImportError
+    # Embedded mode with no in-process worker registered: the message cannot be delivered.
+    settings.TUNINGLAB_INPROCESS_WORKER = True
+    monkeypatch.setattr(dispatch, "_local", None)
     with django_capture_on_commit_callbacks(execute=True):
         new = tuning_job_retry(job=make_job(S.FAILED), by=user)
     new.refresh_from_db()

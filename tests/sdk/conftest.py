@@ -54,7 +54,7 @@ def dataset_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def raw_key(user) -> str:
-    from tuninglab.auth import api_key_create
+    from tuninglab.services import api_key_create
 
     _, raw = api_key_create(owner=user, name="sdk-tests")
     return raw

@@ -9,6 +9,8 @@ import openai
 import pytest
 from openai import OpenAI
 
+from workers import inprocess
+
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 
@@ -86,9 +88,6 @@ def test_it_raises_the_openai_packages_errors_with_our_message(oa, dataset_path,
 
 
 def test_it_reports_fine_tuned_model_after_a_real_run(live_server, raw_key, base_model, dataset_path, settings):
-    pytest.importorskip("workers.dispatch", reason="workers.dispatch (the in-process worker) is not available")
-    from workers import inprocess
-
     settings.TUNINGLAB_INPROCESS_WORKER = True
     with OpenAI(base_url=live_server.url + "/v1", api_key=raw_key, max_retries=0, timeout=30) as oa:
         try:

@@ -9,6 +9,8 @@ import time
 import pytest
 from tuninglab_sdk import TuningCancelled, TuningLab
 
+from workers import inprocess
+
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 TINY_HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 4, "max_seq_len": 64}  # 12 examples → 3 steps
@@ -17,9 +19,6 @@ TINY_HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 4, "max_seq_len": 64}  # 12
 @pytest.fixture
 def inprocess_worker(settings):
     """The embedded worker, whatever REDIS_URL says (CI sets it; no Celery worker runs for these tests)."""
-    pytest.importorskip("workers.dispatch", reason="workers.dispatch (the in-process worker) is not available")
-    from workers import inprocess
-
     settings.TUNINGLAB_INPROCESS_WORKER = True
     yield inprocess
     inprocess.wait_idle(60)

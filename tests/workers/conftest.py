@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import workers.dispatch
+from tuninglab import dispatch
 
-REAL_DISPATCH = workers.dispatch.dispatch_tuning_job
-REAL_PENDING = workers.dispatch.pending_wakeups
+REAL_DISPATCH = dispatch.dispatch_tuning_job
+REAL_PENDING = dispatch.pending_wakeups
 DATA = Path(__file__).resolve().parent / "data"
 FAKE_ENGINE = DATA / "fake_engine.py"
 ASSETS = Path(__file__).resolve().parents[2] / "lora_engine" / "assets"
@@ -106,8 +106,6 @@ def dispatched(monkeypatch):
     Tests that need the real dispatch restore ``REAL_DISPATCH`` / ``REAL_PENDING``.
     """
     calls: list[tuple[str, str]] = []
-    monkeypatch.setattr(
-        workers.dispatch, "dispatch_tuning_job", lambda job_id, queue="cpu": calls.append((job_id, queue))
-    )
-    monkeypatch.setattr(workers.dispatch, "pending_wakeups", lambda queue: sum(1 for _, q in calls if q == queue))
+    monkeypatch.setattr(dispatch, "dispatch_tuning_job", lambda job_id, queue="cpu": calls.append((job_id, queue)))
+    monkeypatch.setattr(dispatch, "pending_wakeups", lambda queue: sum(1 for _, q in calls if q == queue))
     return calls

@@ -71,8 +71,33 @@ def test_it_sets_quant_bits_only_for_qlora(make_job, user):
 
 @pytest.mark.django_db
 def test_it_rejects_a_contradictory_config_naming_the_field(make_job, user):
-    job = make_job(user, hyperparameters={"num_epochs": 1, "max_steps": 5})
+    job = make_job(user, hyperparameters={"n_epochs": 1, "max_steps": 5})
     with pytest.raises(ConfigError) as exc:
         build_train_config(job)
     assert exc.value.code == "invalid_config"
     assert exc.value.param == "max_steps"
+
+
+@pytest.mark.django_db
+def test_it_scales_the_base_rate_of_the_method_when_only_a_multiplier_is_stored(make_job, user):
+    # Full fine-tuning updates every weight: its base rate is 2e-5, a tenth of the adapters'.
+    full = make_job(user, method="full", hyperparameters={"max_steps": 3, "learning_rate_multiplier": 3.0})
+    assert build_train_config(full).config.learning_rate == pytest.approx(6e-5)
+    lora = make_job(user, method="lora", hyperparameters={"max_steps": 3, "learning_rate_multiplier": 3.0})
+    assert build_train_config(lora).config.learning_rate == pytest.approx(6e-4)
+
+
+@pytest.mark.django_db
+def test_it_keeps_a_stored_learning_rate_over_the_multiplier(make_job, user):
+    job = make_job(user, method="full", hyperparameters={"learning_rate_multiplier": 3.0, "learning_rate": 1e-6})
+    assert build_train_config(job).config.learning_rate == pytest.approx(1e-6)
+
+
+@pytest.mark.django_db
+def test_it_reports_engine_spellings_instead_of_applying_them(make_job, user):
+    job = make_job(user, hyperparameters={"max_steps": 3, "num_epochs": 9, "lora_rank": 64, "weight_decay": 0.1})
+    built = build_train_config(job)
+    assert built.config.max_steps == 3 and built.config.num_epochs is None
+    assert built.config.rank == job.lora_rank
+    assert built.config.weight_decay == 0.0
+    assert built.ignored == ["lora_rank", "num_epochs", "weight_decay"]

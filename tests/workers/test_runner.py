@@ -13,9 +13,9 @@ from django.db import OperationalError, connections
 from django.db.models import F
 
 from registry.models import ModelVersion
+from tests.helpers import wait_until
 from tunings.models import Checkpoint, JobEvent, TuningJob
 from tunings.services.state import tuning_job_cancel
-from workers.child import wait_until
 from workers.job_config import build_train_config, job_paths
 from workers.runner import run_job
 

@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from tunings.models import TuningJob
 from tunings.selectors.jobs import tuning_job_estimated_start, tuning_job_queue_position
-from workers.scheduling import claim_next_job, eligible_count
+from tunings.selectors.queue import eligible_count
+from workers.scheduling import claim_next_job
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,10 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
+from tuninglab import dispatch
 from tunings.models import TuningJob
-from workers import dispatch, inprocess
+from tunings.services.dispatch import dispatch_pending
+from workers import inprocess
 from workers.sweeper import sweep
 
 from .conftest import REAL_DISPATCH, REAL_PENDING
@@ -63,20 +65,19 @@ def test_it_wakes_only_as_many_jobs_as_can_start(make_job, user, other_user, sen
     make_job(user)  # blocked by alice's limit
     make_job(other_user)
     make_job(other_user)  # bob: only one slot
-    assert dispatch.dispatch_pending("cpu") == 1
-    assert dispatch.dispatch_pending("cpu") == 0
+    assert dispatch_pending("cpu") == 1
+    assert dispatch_pending("cpu") == 0
 
 
 @pytest.mark.django_db
 def test_it_survives_a_broker_that_is_down(make_job, user, settings, monkeypatch):
     monkeypatch.setattr(dispatch, "dispatch_tuning_job", REAL_DISPATCH)
     settings.TUNINGLAB_INPROCESS_WORKER = False
-    from workers.tasks import run_tuning_job
 
     def boom(*args, **kwargs):
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(run_tuning_job, "apply_async", boom)
+    monkeypatch.setattr(dispatch.app, "send_task", boom)
     job = make_job(user)
     dispatch.dispatch_tuning_job(job.id, "cpu")  # logs, does not raise
     job.refresh_from_db()

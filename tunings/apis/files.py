@@ -1,31 +1,22 @@
 """``/v1/files`` endpoints (OpenAI shape): thin views over ``tunings.services.files`` and
 ``tunings.selectors.files``.
 
-Uploads come two ways, and both end as a ``StagedUploadedFile`` in ``request.FILES["file"]``
-before the view body runs:
-
-- multipart/form-data (``file``, ``purpose``): ``StagingUploadHandler`` replaces Django's
-  upload handlers for this view, so the part streams to DATA_DIR/tmp, hashed and capped;
-- a raw body (``application/jsonl``, ``application/x-ndjson``, ``application/octet-stream``):
-  ``RawUploadParser`` streams it the same way; the name comes from ``?filename=`` or
-  ``Content-Disposition``, the purpose from ``?purpose=`` (default ``fine-tune``).
-
-Neither path touches ``request.body`` (capped at DATA_UPLOAD_MAX_MEMORY_SIZE and held in memory).
+Uploads come two ways, multipart/form-data (``file``, ``purpose``) or the JSONL as the raw body
+(purpose from ``?purpose=``, default ``fine-tune``); ``tunings.apis.uploads`` streams either to
+DATA_DIR/tmp, hashed and capped, so the upload view finds a ``StagedUploadedFile`` in
+``request.FILES["file"]`` and only has to store it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
-from django.http import FileResponse, QueryDict
-from django.utils.datastructures import MultiValueDict
-from django.utils.http import parse_header_parameters
+from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import BaseParser, DataAndFiles, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,62 +24,17 @@ from rest_framework.views import APIView
 from tuninglab.errors import InvalidRequestError, ServiceUnavailableError
 from tuninglab.idempotency import idempotent
 from tuninglab.pagination import list_response, paginate
-from tunings.selectors.files import training_file_get, training_file_list, training_file_path
-from tunings.serializers.files import file_deleted_to_dict, file_to_dict
-from tunings.services.files import (
-    DEFAULT_FILENAME,
+from tunings.apis.uploads import (
+    NdjsonUploadParser,
+    OctetStreamUploadParser,
+    RawUploadParser,
     StagedUploadedFile,
     StagingUploadHandler,
-    training_file_create,
-    training_file_delete,
-    upload_stage_stream,
+    max_upload_bytes,
 )
-
-
-def _max_upload_bytes() -> int:
-    return int(settings.TUNINGLAB["MAX_UPLOAD_BYTES"])
-
-
-def _raw_filename(request: Any) -> str:
-    """``?filename=`` first, then ``Content-Disposition: attachment; filename="..."``."""
-    name = request.query_params.get("filename")
-    if name:
-        return name
-    disposition = request.META.get("HTTP_CONTENT_DISPOSITION", "")
-    if disposition:
-        _, params = parse_header_parameters(disposition)
-        if params.get("filename"):
-            return params["filename"]
-    return DEFAULT_FILENAME
-
-
-class RawUploadParser(BaseParser):
-    """A raw JSONL body → ``FILES["file"]``, streamed to DATA_DIR/tmp with the size cap."""
-
-    media_type = "application/jsonl"
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> DataAndFiles:
-        request = parser_context["request"]
-        view = parser_context["view"]
-        try:
-            content_length: int | None = int(request.META.get("CONTENT_LENGTH") or "")
-        except ValueError:
-            content_length = None
-        staged = upload_stage_stream(stream=stream, max_bytes=_max_upload_bytes(), content_length=content_length)
-        upload = StagedUploadedFile(staged, name=_raw_filename(request), content_type=media_type)
-        view.staged_uploads.append(upload)
-        # A QueryDict (not a dict) so request.data merges the file as a list, as for multipart:
-        # the idempotency fingerprint then hashes the file content, not just its name.
-        return DataAndFiles(QueryDict(""), MultiValueDict({"file": [upload]}))
-
-
-class NdjsonUploadParser(RawUploadParser):
-    media_type = "application/x-ndjson"
-
-
-class OctetStreamUploadParser(RawUploadParser):
-    media_type = "application/octet-stream"
-
+from tunings.selectors.files import training_file_get, training_file_list, training_file_path
+from tunings.serializers.files import file_deleted_to_dict, file_to_dict
+from tunings.services.files import training_file_create, training_file_delete
 
 _FILE_OBJECT = OpenApiTypes.OBJECT  # see docs/datasets.md for the file object's fields
 _UPLOAD_BODY = {
@@ -129,7 +75,7 @@ class FileCollectionApi(APIView):
         if not hasattr(self, "staged_uploads"):  # schema generation calls this without dispatch()
             self.staged_uploads = []
         request.upload_handlers = [
-            StagingUploadHandler(request, max_bytes=_max_upload_bytes(), registry=self.staged_uploads)
+            StagingUploadHandler(request, max_bytes=max_upload_bytes(), registry=self.staged_uploads)
         ]
         return super().initialize_request(request, *args, **kwargs)
 

@@ -7,6 +7,8 @@ seed style (``/v1/tunings.create`` ...), resource style (``/v1/tunings/{id}``) a
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
@@ -15,9 +17,17 @@ from rest_framework.views import APIView
 
 from tuninglab.idempotency import HEADER, idempotent
 from tuninglab.pagination import list_response, paginate
-from tunings.selectors.jobs import checkpoint_list, job_event_list, tuning_job_get, tuning_job_list
+from tunings.models import TuningJob
+from tunings.selectors.jobs import (
+    checkpoint_list,
+    job_event_list,
+    tuning_job_get,
+    tuning_job_list,
+    tuning_job_queue_info,
+)
+from tunings.serializers.job_request import job_spec_from_payload
 from tunings.serializers.jobs import checkpoint_to_dict, event_to_dict, job_status_to_dict, job_to_dict
-from tunings.services.jobs import job_spec_from_payload, tuning_job_create
+from tunings.services.jobs import tuning_job_create
 from tunings.services.state import tuning_job_cancel
 
 # Objects are documented in docs/api.md; the schema names the operations and their parameters.
@@ -27,15 +37,22 @@ _FILTERS = [*_PAGE, OpenApiParameter("status", str), OpenApiParameter("model", s
 _CREATE = extend_schema(request=_OBJECT, responses=_OBJECT)
 
 
+def _job_body(job: TuningJob) -> dict[str, Any]:
+    """One job's JSON, its queue position read the same way as on a list page."""
+    return job_to_dict(job, queue_info=tuning_job_queue_info(jobs=[job])[job.id])
+
+
 def _create(request: Request, status: int) -> Response:
     spec = job_spec_from_payload(request.data)
     job = tuning_job_create(owner=request.user, spec=spec, idempotency_key=request.headers.get(HEADER))
-    return Response(job_to_dict(job), status=status)
+    return Response(_job_body(job), status=status)
 
 
 def _list(request: Request) -> Response:
     jobs, has_more = paginate(tuning_job_list(owner=request.user, query_params=request.query_params), request)
-    return Response(list_response([job_to_dict(job) for job in jobs], has_more))
+    # Queue positions for the whole page at once: a few queries per queue, not per row.
+    queue_info = tuning_job_queue_info(jobs=jobs)
+    return Response(list_response([job_to_dict(job, queue_info=queue_info[job.id]) for job in jobs], has_more))
 
 
 class JobCreateApi(APIView):
@@ -77,7 +94,7 @@ class JobDetailApi(APIView):
 
     @extend_schema(responses=_OBJECT)
     def get(self, request: Request, job_id: str) -> Response:
-        return Response(job_to_dict(tuning_job_get(owner=request.user, job_id=job_id)))
+        return Response(_job_body(tuning_job_get(owner=request.user, job_id=job_id)))
 
 
 class JobStatusApi(APIView):
@@ -86,7 +103,7 @@ class JobStatusApi(APIView):
     @extend_schema(parameters=[OpenApiParameter("job_id", str, required=True)], responses=_OBJECT)
     def get(self, request: Request) -> Response:
         job = tuning_job_get(owner=request.user, job_id=request.query_params.get("job_id"))
-        return Response(job_status_to_dict(job))
+        return Response(job_status_to_dict(job, queue_info=tuning_job_queue_info(jobs=[job])[job.id]))
 
 
 class JobCancelApi(APIView):
@@ -97,7 +114,7 @@ class JobCancelApi(APIView):
     def post(self, request: Request, job_id: str) -> Response:
         job = tuning_job_get(owner=request.user, job_id=job_id)
         job = tuning_job_cancel(job=job, by=request.user)
-        return Response(job_to_dict(job))
+        return Response(_job_body(job))
 
 
 class JobCancelByBodyApi(APIView):
@@ -109,7 +126,7 @@ class JobCancelByBodyApi(APIView):
         job_id = request.data.get("job_id") if hasattr(request.data, "get") else None
         job = tuning_job_get(owner=request.user, job_id=job_id)
         job = tuning_job_cancel(job=job, by=request.user)
-        return Response(job_to_dict(job))
+        return Response(_job_body(job))
 
 
 class JobEventListApi(APIView):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,3 @@ def training_file_get(*, owner: Any, file_id: str, param: str = "file_id") -> Tr
 def training_file_path(*, file: TrainingFile) -> Path:
     """Absolute path of the file's bytes (content-addressed, shared by rows with equal content)."""
     return Path(settings.DATA_DIR) / file.storage_path
-
-
-def training_file_stats(*, file: TrainingFile) -> dict[str, Any] | None:
-    """Dataset stats written at upload next to the bytes; None if the sidecar is missing."""
-    from tunings.services.files import stats_relpath
-
-    try:
-        return json.loads((Path(settings.DATA_DIR) / stats_relpath(file.sha256)).read_text())
-    except (OSError, ValueError):
-        return None

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import heapq
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
 from tuninglab.errors import InvalidRequestError, NotFoundError
 from tunings.models import Checkpoint, JobEvent, TuningJob
+from tunings.selectors.queue import queued_jobs
 
 _METADATA_PARAM = re.compile(r"^metadata\[(.{1,64})\]$")
 
@@ -78,21 +82,20 @@ def checkpoint_list(*, job: TuningJob) -> QuerySet[Checkpoint]:
     return Checkpoint.objects.filter(job=job).order_by("-step", "-id")
 
 
-def tuning_job_queue_position(*, job: TuningJob) -> int | None:
-    """1-based place among the queued jobs of the job's queue (priority desc, then oldest first).
+@dataclass(frozen=True)
+class QueueInfo:
+    """Where a job stands in its queue: ``position`` (1-based) and ``estimated_start``; None unless queued."""
 
-    None unless the job is queued. Counts every owner's jobs: the queue is shared, and jobs held
-    back by their owner's concurrency limit still count, so this is an upper bound on how many
-    jobs start before this one. The order is the one workers claim in (``workers.scheduling``).
-    """
-    if job.status != TuningJob.Status.QUEUED or job.cancel_requested:
-        return None
-    ahead = TuningJob.objects.filter(status=TuningJob.Status.QUEUED, cancel_requested=False, queue=job.queue).filter(
-        Q(priority__gt=job.priority)
-        | Q(priority=job.priority, created_at__lt=job.created_at)
-        | Q(priority=job.priority, created_at=job.created_at, id__lt=job.id)
-    )
-    return ahead.count() + 1
+    position: int | None = None
+    estimated_start: datetime | None = None
+
+
+NOT_QUEUED = QueueInfo()
+
+
+def _is_waiting(job: TuningJob) -> bool:
+    """Judged on the state the job was read in, so a response never pairs ``running`` with a position."""
+    return job.status == TuningJob.Status.QUEUED and not job.cancel_requested
 
 
 def _typical_duration(queue: str) -> float | None:
@@ -110,26 +113,80 @@ def _typical_duration(queue: str) -> float | None:
     return durations[len(durations) // 2]
 
 
-def tuning_job_estimated_start(*, job: TuningJob) -> datetime | None:
-    """A rough start time for a queued job; None when not queued or there is no history.
+def _start_offsets(*, typical: float | None, running_etas: list[float | None], count: int) -> list[float] | None:
+    """Seconds from now until the 1st .. ``count``-th queued job starts; None without any history.
 
     Model: the queue's running jobs free their slots after their own ETA (or the typical
     duration), then every job ahead takes one typical duration on one of those slots. It
     assumes the number of busy workers stays as it is now; it is a hint, not a promise.
     """
-    position = tuning_job_queue_position(job=job)
-    if position is None:
+    if typical is None and not any(eta is not None for eta in running_etas):
         return None
-    typical = _typical_duration(job.queue)
-    running = list(
-        TuningJob.objects.filter(queue=job.queue, status=TuningJob.Status.RUNNING).values_list("eta_seconds", flat=True)
-    )
-    if typical is None and not any(eta is not None for eta in running):
-        return None
-    typical = typical or max(eta or 0.0 for eta in running)
-    slots = sorted((eta if eta is not None else typical) for eta in running) or [0.0]
-    # Greedy list scheduling: each job ahead takes the slot that frees first.
-    for _ in range(position - 1):
-        slots[0] += typical
-        slots.sort()
-    return timezone.now() + timedelta(seconds=slots[0])
+    typical = typical or max(eta or 0.0 for eta in running_etas)
+    slots = [(eta if eta is not None else typical) for eta in running_etas] or [0.0]
+    heapq.heapify(slots)
+    # Greedy list scheduling: each job starts on the slot that frees first and holds it for one
+    # typical duration, so the k-th start is the heap's minimum after k-1 such placements.
+    offsets = []
+    for _ in range(count):
+        offsets.append(slots[0])
+        heapq.heapreplace(slots, slots[0] + typical)
+    return offsets
+
+
+def tuning_job_queue_info(*, jobs: Iterable[TuningJob]) -> dict[str, QueueInfo]:
+    """Queue position and estimated start of every job in ``jobs`` (a page), keyed by job id.
+
+    Positions count every owner's queued jobs in the order workers claim them
+    (``tunings.selectors.queue.queued_jobs``), so they are an upper bound on how many jobs
+    start before this one: jobs held back by their owner's concurrency limit still count.
+    Jobs that are not queued (by the state they were read in) get ``NOT_QUEUED``.
+
+    Costs two queries plus one per distinct queue among the page's queued jobs, however
+    long the page is: serializers read the result instead of querying per row.
+    """
+    jobs = list(jobs)
+    info = {job.id: NOT_QUEUED for job in jobs}
+    waiting = {job.id: job.queue for job in jobs if _is_waiting(job)}
+    if not waiting:
+        return info
+    queues = sorted(set(waiting.values()))
+    # One pass over the queued ids in claim order; filtering by queue keeps each queue's own order.
+    # A page job missing from it left the queue after it was read and stays NOT_QUEUED.
+    positions: dict[str, dict[str, int]] = {queue: {} for queue in queues}
+    seen = dict.fromkeys(queues, 0)
+    found = 0
+    # Streamed, and stopped at the last page job: a long queue is read only as far as it must be.
+    ordered = queued_jobs().filter(queue__in=queues).values_list("id", "queue").iterator(chunk_size=2000)
+    for job_id, queue in ordered:
+        seen[queue] += 1
+        if job_id in waiting:
+            positions[queue][job_id] = seen[queue]
+            found += 1
+            if found == len(waiting):
+                break
+    running_etas: dict[str, list[float | None]] = {queue: [] for queue in queues}
+    running = TuningJob.objects.filter(queue__in=queues, status=TuningJob.Status.RUNNING)
+    for queue, eta in running.values_list("queue", "eta_seconds"):
+        running_etas[queue].append(eta)
+    now = timezone.now()
+    for queue, queue_positions in positions.items():
+        if not queue_positions:
+            continue
+        offsets = _start_offsets(
+            typical=_typical_duration(queue), running_etas=running_etas[queue], count=max(queue_positions.values())
+        )
+        for job_id, position in queue_positions.items():
+            start = now + timedelta(seconds=offsets[position - 1]) if offsets is not None else None
+            info[job_id] = QueueInfo(position=position, estimated_start=start)
+    return info
+
+
+def tuning_job_queue_position(*, job: TuningJob) -> int | None:
+    """1-based place of one job among the queued jobs of its queue (see ``tuning_job_queue_info``)."""
+    return tuning_job_queue_info(jobs=[job])[job.id].position
+
+
+def tuning_job_estimated_start(*, job: TuningJob) -> datetime | None:
+    """A rough start time for one queued job (see ``tuning_job_queue_info``)."""
+    return tuning_job_queue_info(jobs=[job])[job.id].estimated_start

@@ -11,12 +11,10 @@ from typing import Any
 
 from django.utils import timezone
 
+from registry.naming import fine_tuned_model_name
+from tunings.hyperparameters import OPENAI_HYPERPARAMETERS
 from tunings.models import Checkpoint, JobEvent, TuningJob
-from tunings.selectors.jobs import tuning_job_estimated_start, tuning_job_queue_position
-from tunings.services.jobs import fine_tuned_model_name
-
-# Hyperparameters shown to clients (resolved values); the rest stay in the job's extras.
-OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+from tunings.selectors.jobs import QueueInfo
 
 
 def unix(value: datetime | None) -> int | None:
@@ -34,8 +32,13 @@ def progress_text(job: TuningJob) -> str:
     return f"{int(job.progress or 0)}%"
 
 
-def job_to_dict(job: TuningJob) -> dict[str, Any]:
-    """Serialize a job. ``job`` should come with ``owner`` and ``base_model`` selected."""
+def job_to_dict(job: TuningJob, *, queue_info: QueueInfo) -> dict[str, Any]:
+    """Serialize a job without querying.
+
+    Args:
+        job: with ``owner`` and ``base_model`` selected.
+        queue_info: the job's entry from ``tuning_job_queue_info``, computed once per page.
+    """
     resolved = job.resolved_hyperparameters or {}
     hyperparameters = {name: resolved.get(name, "auto") for name in OPENAI_HYPERPARAMETERS}
     extra_hp = {k: v for k, v in resolved.items() if k not in OPENAI_HYPERPARAMETERS}
@@ -90,20 +93,20 @@ def job_to_dict(job: TuningJob) -> dict[str, Any]:
         "priority": job.priority,
         "resources": job.resources or {},
         "queue": job.queue,
-        "queue_position": tuning_job_queue_position(job=job),
-        "estimated_start": unix(tuning_job_estimated_start(job=job)),
+        "queue_position": queue_info.position,
+        "estimated_start": unix(queue_info.estimated_start),
         "started_at": unix(job.started_at),
         "suggestion": job.suggestion or None,
     }
 
 
-def job_status_to_dict(job: TuningJob) -> dict[str, Any]:
+def job_status_to_dict(job: TuningJob, *, queue_info: QueueInfo) -> dict[str, Any]:
     """``GET /v1/tunings.get``: the job object with the seed contract's ``"progress": "60%"``.
 
     ``progress`` is text here (the seed API promised ``{"status", "loss", "progress": "60%"}``);
     the number moves to ``progress_percent``. Every other key is the job object's.
     """
-    body = job_to_dict(job)
+    body = job_to_dict(job, queue_info=queue_info)
     body["progress_percent"] = body["progress"]
     body["progress"] = body["progress_text"]
     return body

@@ -1,5 +1,7 @@
 """Writes and state changes for files and jobs.
 
-``state`` holds the state machine (lead-owned), ``jobs`` job creation and hyperparameter
-resolution, ``files`` upload validation and storage.
+``state`` is the job state machine (every transition a guarded conditional UPDATE plus an
+event); ``jobs`` creates jobs and resolves their hyperparameters; ``retry`` holds the
+operator actions (retry as a new job, change priority); ``dispatch`` wakes workers for
+queued jobs; ``files`` validates and stores uploads.
 """

@@ -1,16 +1,21 @@
-"""Training file uploads: stream to a temp file, validate, store content-addressed, record the row.
+"""Training file storage: stage bytes to a temp file, validate, store content-addressed, record the row.
 
 Storage layout under ``settings.DATA_DIR``::
 
     tmp/upload-<random>.part           bytes being received (deleted on any failure)
     files/<sha256[:2]>/<sha256>.jsonl   the content, shared by every live row with that content
-    files/<sha256[:2]>/<sha256>.stats.json   dataset stats of that content (derived, cheap to rebuild)
     files/.lock                         flock serialising "place blob / add row" with "drop row / GC blob"
+
+The dataset stats are computed once at upload and stored on the row (``TrainingFile.stats``),
+so reading a file, or a page of them, touches the database only.
 
 The rule is "bad input gets a clear error, never half-written": an upload that is too large
 or invalid leaves no row and no bytes; a live row always has its bytes (a soft-deleted row,
-kept for the jobs that used it, may not). Bytes are fsynced
-before the rename that publishes them, and the row is inserted after they are in place.
+kept for the jobs that used it, may not). Bytes are fsynced before the rename that publishes
+them, and the row is inserted after they are in place.
+
+HTTP intake (Django's upload handlers and parsers) lives in ``tunings.apis.uploads``; it feeds
+bytes to ``UploadStager`` and hands the resulting ``StagedUpload`` to ``training_file_create``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
-import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -29,13 +32,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from lora_engine.fsio import fsync_dir
+from lora_engine.fsio import fsync_dir, publish_file
 from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError, PayloadTooLargeError
 from tunings.datasets import ValidationReport, validate_jsonl
 from tunings.models import TrainingFile, TuningJob
@@ -43,9 +44,6 @@ from tunings.models import TrainingFile, TuningJob
 PURPOSES = ("fine-tune",)
 DEFAULT_FILENAME = "upload.jsonl"
 CHUNK_BYTES = 1024 * 1024
-# A multipart body is the file plus boundaries and headers; the up-front Content-Length
-# check allows this much on top of the cap, the byte count while streaming is exact.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 NON_TERMINAL = (TuningJob.Status.VALIDATING_FILES, TuningJob.Status.QUEUED, TuningJob.Status.RUNNING)
 
 
@@ -94,10 +92,6 @@ def blob_relpath(sha256: str) -> str:
     return f"files/{sha256[:2]}/{sha256}.jsonl"
 
 
-def stats_relpath(sha256: str) -> str:
-    return f"files/{sha256[:2]}/{sha256}.stats.json"
-
-
 def _data_dir() -> Path:
     return Path(settings.DATA_DIR)
 
@@ -133,7 +127,7 @@ def _storage_lock() -> Iterator[None]:
 
 @dataclass
 class StagedUpload:
-    """Bytes received into ``DATA_DIR/tmp``: complete, fsynced, hashed."""
+    """Bytes received into ``DATA_DIR/tmp``: complete and hashed (fsynced when placed in the store)."""
 
     path: Path
     sha256: str
@@ -144,8 +138,12 @@ class StagedUpload:
         self.path.unlink(missing_ok=True)
 
 
-class _Stager:
-    """Writes chunks to a fresh temp file, hashing and counting; over the cap it deletes and raises."""
+class UploadStager:
+    """Writes chunks to a fresh temp file, hashing and counting; over the cap it deletes and raises.
+
+    ``upload_stage_stream`` drives it for a stream; a multipart upload handler drives it chunk
+    by chunk as the parser hands them over.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         tmp_dir = _data_dir() / "tmp"
@@ -157,6 +155,7 @@ class _Stager:
         self.size = 0
 
     def write(self, chunk: bytes) -> None:
+        """Append a chunk; past ``max_bytes`` delete the temp file and raise ``file_too_large``."""
         self.size += len(chunk)
         if self.size > self.max_bytes:
             # Count, not Content-Length, is the truth: a lying or absent header stops here.
@@ -166,12 +165,16 @@ class _Stager:
         self.file.write(chunk)
 
     def finish(self) -> StagedUpload:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        """Close the temp file and describe it.
+
+        No fsync here: ``publish_file`` syncs the bytes before renaming them into the store,
+        and a temp file that never gets there need not survive a crash.
+        """
         self.file.close()
         return StagedUpload(path=self.path, sha256=self.hasher.hexdigest(), size=self.size)
 
     def discard(self) -> None:
+        """Close and delete the temp file (any failure path)."""
         self.file.close()
         self.path.unlink(missing_ok=True)
 
@@ -190,7 +193,7 @@ def upload_stage_stream(
     """
     if content_length is not None and content_length > max_bytes:
         raise file_too_large_error(max_bytes)
-    stager = _Stager(max_bytes)
+    stager = UploadStager(max_bytes)
     try:
         while chunk := stream.read(chunk_bytes):
             stager.write(chunk)
@@ -198,75 +201,6 @@ def upload_stage_stream(
     except BaseException:
         stager.discard()
         raise
-
-
-class StagedUploadedFile(UploadedFile):
-    """An uploaded file already staged under DATA_DIR/tmp; ``staged`` carries path, hash and size."""
-
-    def __init__(self, staged: StagedUpload, name: str, content_type: str | None = None) -> None:
-        # Opened for reading so UploadedFile.chunks() works (the idempotency fingerprint reads it).
-        super().__init__(
-            file=open(staged.path, "rb"),  # noqa: SIM115 - closed by release()
-            name=name,
-            content_type=content_type,
-            size=staged.size,
-        )
-        self.staged = staged
-
-    def release(self) -> None:
-        """Close the handle and delete the temp file if the store did not take it."""
-        self.file.close()
-        self.staged.discard()
-
-
-class StagingUploadHandler(FileUploadHandler):
-    """Multipart upload handler: the ``file`` field goes straight to DATA_DIR/tmp, capped.
-
-    Replaces Django's memory/temp-file handlers for the upload view. Above the cap it deletes
-    its temp file and raises ``PayloadTooLargeError``, which stops the multipart parser at once:
-    the rest of the body is never read (Django's ``StopUpload`` would swallow the reason).
-    Every staged file is appended to ``registry`` so the view can release leftovers.
-    """
-
-    def __init__(self, request: Any, *, max_bytes: int, registry: list[StagedUploadedFile]) -> None:
-        super().__init__(request)
-        self.max_bytes = max_bytes
-        self.registry = registry
-        self.stager: _Stager | None = None
-        self.got_file = False
-
-    def handle_raw_input(
-        self, input_data: Any, META: Any, content_length: int, boundary: Any, encoding: str | None = None
-    ) -> None:
-        if content_length and content_length > self.max_bytes + MULTIPART_OVERHEAD_BYTES:
-            raise file_too_large_error(self.max_bytes)
-
-    def new_file(self, field_name: str, file_name: str, *args: Any, **kwargs: Any) -> None:
-        if field_name != "file" or self.got_file:
-            raise SkipFile()  # only one "file" part is read; others are skipped unread
-        super().new_file(field_name, file_name, *args, **kwargs)
-        self.stager = _Stager(self.max_bytes)
-        self.file = self.stager.file  # Django closes handler.file on an interrupted upload
-
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
-        assert self.stager is not None
-        self.stager.write(raw_data)
-        return None
-
-    def file_complete(self, file_size: int) -> StagedUploadedFile | None:
-        if self.stager is None:
-            return None
-        staged = self.stager.finish()
-        self.stager = None
-        self.got_file = True
-        upload = StagedUploadedFile(staged, name=self.file_name, content_type=self.content_type)
-        self.registry.append(upload)
-        return upload
-
-    def upload_interrupted(self) -> None:
-        if self.stager is not None:
-            self.stager.discard()
-            self.stager = None
 
 
 # --- create / delete ---------------------------------------------------------------------------
@@ -281,27 +215,22 @@ def _clean_filename(raw: Any) -> str:
     return name[:255]
 
 
-def _write_stats(sha256: str, stats: dict[str, Any]) -> None:
-    """Stats sidecar, written atomically (tmp + rename) so a reader never sees half a JSON."""
-    path = _data_dir() / stats_relpath(sha256)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(stats, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _place_blob(staged: StagedUpload) -> bool:
     """Move the staged bytes to their content address. Returns False when they were already there."""
     final = _data_dir() / blob_relpath(staged.sha256)
     if final.exists() and final.stat().st_size == staged.size:
         return False
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staged.path, final)  # atomic: readers see the old state or the whole file
-    fsync_dir(final.parent)  # make the rename durable (the directory entry, not only the data)
+    if not final.parent.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(final.parent.parent)  # the new shard dir's own entry must survive a power cut too
+    # fsync, atomic rename, fsync of the directory: readers see no file or the whole file,
+    # and the bytes are on disk before the row that points at them is inserted.
+    publish_file(staged.path, final)
     return True
 
 
 def _drop_blob_if_unused(sha256: str) -> None:
-    """Delete a blob (and its stats) that no live row references any more. Call under the lock.
+    """Delete a blob that no live row references any more. Call under the lock.
 
     Soft-deleted rows do not keep bytes: a finished job whose file was deleted keeps the file's
     id and metadata, not its content.
@@ -309,20 +238,21 @@ def _drop_blob_if_unused(sha256: str) -> None:
     if TrainingFile.objects.filter(sha256=sha256, deleted_at__isnull=True).exists():
         return
     (_data_dir() / blob_relpath(sha256)).unlink(missing_ok=True)
-    (_data_dir() / stats_relpath(sha256)).unlink(missing_ok=True)
 
 
-def _ensure_blob_after_commit(staged: StagedUpload, stats: dict[str, Any]) -> None:
+def _ensure_blob_after_commit(staged: StagedUpload) -> None:
     """After commit: if a concurrent delete collected the blob we reused, put our copy back."""
     with _storage_lock():
         if not (_data_dir() / blob_relpath(staged.sha256)).exists() and staged.path.exists():
             _place_blob(staged)
-            _write_stats(staged.sha256, stats)
     staged.discard()
 
 
 def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, purpose: str) -> TrainingFile:
     """Validate a staged upload and store it: content-addressed bytes + a ``TrainingFile`` row.
+
+    The row carries the dataset stats of this upload (``stats``); rows sharing a blob each hold
+    their own copy, so no row's stats depend on another row or on a file next to the bytes.
 
     Always consumes ``upload``: its temp file is moved into the store or deleted.
 
@@ -349,7 +279,6 @@ def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, pur
         stats = {"format": report.format, **report.stats.as_dict()}
         with _storage_lock():
             created_blob = _place_blob(upload)
-            _write_stats(upload.sha256, stats)
             try:
                 with transaction.atomic():
                     row = TrainingFile.objects.create(
@@ -362,6 +291,7 @@ def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, pur
                         format=report.format,
                         example_count=report.example_count,
                         token_estimate=report.stats.token_estimate,
+                        stats=stats,
                         status=TrainingFile.Status.PROCESSED,
                         validation_errors=[],
                     )
@@ -369,7 +299,7 @@ def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, pur
                         # We reuse bytes another row owns. If that row is deleted before our
                         # row commits (an outer transaction may hold the commit past this lock),
                         # its GC cannot see us; keep our copy until commit to restore it if needed.
-                        transaction.on_commit(partial(_ensure_blob_after_commit, upload, stats))
+                        transaction.on_commit(partial(_ensure_blob_after_commit, upload))
                         keep_for_commit = True
             except BaseException:
                 if created_blob:

@@ -13,13 +13,13 @@ from django.db import transaction
 
 from tuninglab.errors import ConflictError
 from tunings.models import TuningJob
-from tunings.services.jobs import dispatch_job
+from tunings.services.dispatch import dispatch_job
 from tunings.services.state import job_event_add, tuning_job_queue
 
 RETRYABLE = (TuningJob.Status.FAILED, TuningJob.Status.CANCELLED)
 
-# What a job *asked for*. Everything else (state, progress, lease, results, idempotency
-# key) starts fresh on the copy.
+# The job's request: model, data, method, hyperparameters and scheduling. Everything else
+# (state, progress, lease, results, idempotency key) starts fresh on the copy.
 _COPIED_FIELDS = (
     "owner_id",
     "base_model_id",

@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from tuninglab.errors import ConflictError
-from tunings.models import JobEvent, TuningJob
+from tunings.models import Checkpoint, JobEvent, TuningJob
 
 Status = TuningJob.Status
 NON_TERMINAL = (Status.VALIDATING_FILES, Status.QUEUED, Status.RUNNING)
@@ -105,6 +105,40 @@ def tuning_job_renew_lease(*, job_id: str, token: int) -> bool:
 def tuning_job_record_progress(*, job_id: str, token: int, fields: dict[str, Any]) -> bool:
     """Write progress fields (progress, current_loss, ...) if this attempt still owns the job."""
     return _running_with_token(job_id, token).update(**fields, updated_at=timezone.now()) == 1
+
+
+def checkpoint_record(*, job_id: str, step: int, path: str, metrics: dict[str, Any] | None = None) -> bool:
+    """Record the complete checkpoint the engine wrote at ``step``; False when it was recorded already.
+
+    A resumed attempt may report a step an earlier attempt reported (the engine re-announces
+    the checkpoint it resumed from), so the row is per (job, step) and the event is written once.
+    Call it inside the attempt's fenced transaction.
+    """
+    _, created = Checkpoint.objects.get_or_create(
+        job_id=job_id, step=step, defaults={"path": path, "metrics": metrics or {}}
+    )
+    if created:
+        job_event_add(job_id=job_id, message=f"Checkpoint saved at step {step}.", data={"step": step, "path": path})
+    return created
+
+
+def tuning_job_release_lease(*, job_id: str, token: int, data: dict[str, Any] | None = None) -> bool:
+    """Give up a running attempt's lease so the sweeper re-queues the job (it resumes from its checkpoint).
+
+    For a child that stopped without a cancel request (a SIGTERM from outside, e.g. a host
+    shutdown): the attempt is over but the job is not. False when the attempt no longer owns the job.
+    """
+    released = _running_with_token(job_id, token).update(
+        lease_until=timezone.now() - timedelta(seconds=1), updated_at=timezone.now()
+    )
+    if released == 1:
+        job_event_add(
+            job_id=job_id,
+            level=JobEvent.Level.WARNING,
+            message="The training process stopped without a cancel request; re-queueing to resume.",
+            data=data,
+        )
+    return released == 1
 
 
 def tuning_job_succeed(*, job_id: str, token: int, fine_tuned_model: str, fields: dict[str, Any] | None = None) -> bool:

@@ -6,147 +6,30 @@ Routes: the resource style ``/v1/tunings[/{id}[/cancel|/events|/checkpoints]]``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 from tuninglab_sdk._base import NOT_GIVEN, TimeoutTypes
-from tuninglab_sdk._errors import (
-    APIConnectionError,
-    InternalServerError,
-    RateLimitError,
-    TuningCancelled,
-    TuningFailed,
-    WaitTimeoutError,
-)
 from tuninglab_sdk._pagination import AsyncPager, SyncPager, parse_page
-from tuninglab_sdk._progress import make_progress
-from tuninglab_sdk._upload import FileInput, looks_like_file_id
+from tuninglab_sdk._upload import looks_like_file_id
+from tuninglab_sdk.resources._tunings_common import (
+    DEFAULT_POLL_INTERVAL,
+    TRANSIENT_ERRORS,
+    TUNINGS_PATH,
+    CompletionWait,
+    DataInput,
+    create_body,
+    job_id_of,
+    new_events,
+    outcome,
+    reaches_seen,
+    upload_keys,
+)
 from tuninglab_sdk.types import Checkpoint, JobEvent, Page, TuningJob
 
 if TYPE_CHECKING:
     from tuninglab_sdk._base import AsyncAPIClient, SyncAPIClient
     from tuninglab_sdk.resources.files import AsyncFiles, Files
-
-TUNINGS_PATH = "/v1/tunings"
-DEFAULT_POLL_INTERVAL = 5.0
-# wait_for_completion survives this many failed polls in a row (server restarts, 5xx).
-MAX_POLL_FAILURES = 10
-TRANSIENT_ERRORS = (APIConnectionError, InternalServerError, RateLimitError)
-DataInput = FileInput | str
-
-
-def _job_id(job: str | TuningJob) -> str:
-    return job.id if isinstance(job, TuningJob) else job
-
-
-def _create_body(
-    *,
-    model: str,
-    training_file: str,
-    validation_file: str | None,
-    method: str | None,
-    hyperparameters: Mapping[str, Any] | None,
-    suffix: str | None,
-    seed: int | None,
-    metadata: Mapping[str, str] | None,
-    lora: Mapping[str, Any] | None,
-    priority: int | None,
-    resources: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "training_file": training_file}
-    optional = {
-        "validation_file": validation_file,
-        "tuning_method": method,
-        "hyperparameters": dict(hyperparameters) if hyperparameters is not None else None,
-        "suffix": suffix,
-        "seed": seed,
-        "metadata": dict(metadata) if metadata is not None else None,
-        "lora": dict(lora) if lora is not None else None,
-        "priority": priority,
-        "resources": dict(resources) if resources is not None else None,
-    }
-    body.update({k: v for k, v in optional.items() if v is not None})
-    return body
-
-
-def _upload_keys(idempotency_key: str | None) -> tuple[str | None, str | None]:
-    """Keys for the uploads a create does first, derived from the caller's key.
-
-    With an explicit key, a deliberate resend re-uploads the same bytes under the same
-    derived key, gets the *same* file id back, and so sends the same create body: the create
-    replays instead of failing with 422 ``idempotency_key_reused`` over a new file id.
-    """
-    if not idempotency_key:
-        return None, None
-    return f"{idempotency_key}:training-file", f"{idempotency_key}:validation-file"
-
-
-def _outcome(job: TuningJob) -> TuningJob:
-    if job.status == "failed":
-        raise TuningFailed(job)
-    if job.status == "cancelled":
-        raise TuningCancelled(job)
-    return job
-
-
-class _CompletionWait:
-    """The rules of ``wait_for_completion`` without its I/O, shared by the sync and async
-    clients: the deadline, the progress display, and how many failed polls in a row are
-    survived. The caller polls and sleeps; this object says whether and how long."""
-
-    def __init__(self, job_id: str, *, timeout: float | None, poll_interval: float, progress: bool | IO[str]) -> None:
-        self.job_id = job_id
-        self.timeout = timeout
-        self.poll_interval = poll_interval
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.display = make_progress(job_id, bool(progress), stream=None if isinstance(progress, bool) else progress)
-        self.failures = 0
-
-    def gives_up(self) -> bool:
-        """After a failed poll: True to raise its error, False to sleep ``poll_interval`` and poll again."""
-        # Each poll already retried; a server restart during a long run should
-        # still not end the wait. Give up after MAX_POLL_FAILURES polls in a row.
-        self.failures += 1
-        return self.failures >= MAX_POLL_FAILURES or (self.deadline is not None and time.monotonic() >= self.deadline)
-
-    def next_sleep(self, job: TuningJob) -> float | None:
-        """After a successful poll: None when the job is terminal, else seconds until the next poll.
-
-        Raises:
-            WaitTimeoutError: the deadline passed (the job keeps running).
-        """
-        self.failures = 0
-        self.display.update(job)
-        if job.is_terminal:
-            return None
-        if self.deadline is None:
-            return self.poll_interval
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise WaitTimeoutError(
-                f"Job {self.job_id} still {job.status} after {self.timeout} s (it keeps running).", job=job
-            )
-        return min(self.poll_interval, remaining)
-
-    def close(self) -> None:
-        self.display.close()
-
-
-def _reaches_seen(page: Page[JobEvent], seen: set[str]) -> bool:
-    """Newest-first pages are read until one holds an event already yielded."""
-    return any(event.id in seen for event in page.data)
-
-
-def _new_events(pages: list[Page[JobEvent]], seen: set[str]) -> list[JobEvent]:
-    """Unseen events from newest-first pages, returned oldest first (log order)."""
-    fresh: list[JobEvent] = []
-    for page in pages:
-        for event in page.data:
-            if event.id not in seen:
-                fresh.append(event)
-    fresh.reverse()
-    return fresh
 
 
 class Tunings:
@@ -194,10 +77,10 @@ class Tunings:
             ValidationError: bad parameters (``param`` names the field).
             NotFoundError: unknown model or file id.
         """
-        keys = _upload_keys(idempotency_key)
+        keys = upload_keys(idempotency_key)
         training_file = self._resolve_file(data, timeout, keys[0])
         validation_file = self._resolve_file(validation_data, timeout, keys[1]) if validation_data is not None else None
-        body = _create_body(
+        body = create_body(
             model=model,
             training_file=training_file,
             validation_file=validation_file,
@@ -216,7 +99,7 @@ class Tunings:
         return TuningJob.from_dict(result)
 
     def get(self, job_id: str | TuningJob, *, timeout: TimeoutTypes = NOT_GIVEN) -> TuningJob:
-        return TuningJob.from_dict(self._client._request("GET", f"{TUNINGS_PATH}/{_job_id(job_id)}", timeout=timeout))
+        return TuningJob.from_dict(self._client._request("GET", f"{TUNINGS_PATH}/{job_id_of(job_id)}", timeout=timeout))
 
     retrieve = get
 
@@ -248,7 +131,7 @@ class Tunings:
         Raises:
             ConflictError: the job already finished (code ``invalid_state``; not retried).
         """
-        body = self._client._request("POST", f"{TUNINGS_PATH}/{_job_id(job_id)}/cancel", timeout=timeout)
+        body = self._client._request("POST", f"{TUNINGS_PATH}/{job_id_of(job_id)}/cancel", timeout=timeout)
         return TuningJob.from_dict(body)
 
     def _events_page(self, job_id: str, cursor: str | None, limit: int | None, timeout: TimeoutTypes) -> Page[JobEvent]:
@@ -274,7 +157,7 @@ class Tunings:
         the existing events, then new ones as they appear, polling every ``poll_interval``
         seconds, ending once the job is terminal and its last events were yielded.
         """
-        jid = _job_id(job_id)
+        jid = job_id_of(job_id)
         if not follow:
             return iter(SyncPager(lambda cursor: self._events_page(jid, cursor, limit, timeout), after=after))
         return self._follow(jid, limit=limit, poll_interval=poll_interval, timeout=timeout)
@@ -283,7 +166,7 @@ class Tunings:
         pages = []
         for page in SyncPager(lambda cursor: self._events_page(job_id, cursor, limit, timeout)).pages():
             pages.append(page)
-            if _reaches_seen(page, seen):
+            if reaches_seen(page, seen):
                 break
         return pages
 
@@ -294,7 +177,7 @@ class Tunings:
         while True:
             # Read the job first: events written before it turned terminal are then on the page we read next.
             terminal = self.get(job_id, timeout=timeout).is_terminal
-            for event in _new_events(self._unseen_pages(job_id, seen, limit, timeout), seen):
+            for event in new_events(self._unseen_pages(job_id, seen, limit, timeout), seen):
                 seen.add(event.id)
                 yield event
             if terminal:
@@ -310,7 +193,7 @@ class Tunings:
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> SyncPager[Checkpoint]:
         """A job's complete checkpoints, newest (highest step) first."""
-        jid = _job_id(job_id)
+        jid = job_id_of(job_id)
 
         def fetch(cursor: str | None) -> Page[Checkpoint]:
             body = self._client._request(
@@ -346,8 +229,8 @@ class Tunings:
             TuningCancelled: the job was cancelled.
             WaitTimeoutError: (a ``TimeoutError``) ``timeout`` passed; the job keeps running.
         """
-        jid = _job_id(job_id)
-        wait = _CompletionWait(jid, timeout=timeout, poll_interval=poll_interval, progress=progress)
+        jid = job_id_of(job_id)
+        wait = CompletionWait(jid, timeout=timeout, poll_interval=poll_interval, progress=progress)
         try:
             while True:
                 try:
@@ -363,7 +246,7 @@ class Tunings:
                 self._client._poll_sleep(delay)
         finally:
             wait.close()
-        return _outcome(job)
+        return outcome(job)
 
 
 class AsyncTunings:
@@ -394,12 +277,12 @@ class AsyncTunings:
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> TuningJob:
         """See :meth:`Tunings.create`."""
-        keys = _upload_keys(idempotency_key)
+        keys = upload_keys(idempotency_key)
         training_file = await self._resolve_file(data, timeout, keys[0])
         validation_file = (
             await self._resolve_file(validation_data, timeout, keys[1]) if validation_data is not None else None
         )
-        body = _create_body(
+        body = create_body(
             model=model,
             training_file=training_file,
             validation_file=validation_file,
@@ -418,7 +301,7 @@ class AsyncTunings:
         return TuningJob.from_dict(result)
 
     async def get(self, job_id: str | TuningJob, *, timeout: TimeoutTypes = NOT_GIVEN) -> TuningJob:
-        body = await self._client._request("GET", f"{TUNINGS_PATH}/{_job_id(job_id)}", timeout=timeout)
+        body = await self._client._request("GET", f"{TUNINGS_PATH}/{job_id_of(job_id)}", timeout=timeout)
         return TuningJob.from_dict(body)
 
     retrieve = get
@@ -442,7 +325,7 @@ class AsyncTunings:
         return AsyncPager(fetch, after=after)
 
     async def cancel(self, job_id: str | TuningJob, *, timeout: TimeoutTypes = NOT_GIVEN) -> TuningJob:
-        body = await self._client._request("POST", f"{TUNINGS_PATH}/{_job_id(job_id)}/cancel", timeout=timeout)
+        body = await self._client._request("POST", f"{TUNINGS_PATH}/{job_id_of(job_id)}/cancel", timeout=timeout)
         return TuningJob.from_dict(body)
 
     async def _events_page(
@@ -464,7 +347,7 @@ class AsyncTunings:
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> AsyncIterator[JobEvent]:
         """``async for event in client.tunings.events(id, follow=True)`` — see :meth:`Tunings.events`."""
-        jid = _job_id(job_id)
+        jid = job_id_of(job_id)
         if not follow:
             pager = AsyncPager(lambda cursor: self._events_page(jid, cursor, limit, timeout), after=after)
             return pager.__aiter__()
@@ -474,7 +357,7 @@ class AsyncTunings:
         pages = []
         async for page in AsyncPager(lambda cursor: self._events_page(job_id, cursor, limit, timeout)).pages():
             pages.append(page)
-            if _reaches_seen(page, seen):
+            if reaches_seen(page, seen):
                 break
         return pages
 
@@ -484,7 +367,7 @@ class AsyncTunings:
         seen: set[str] = set()
         while True:
             terminal = (await self.get(job_id, timeout=timeout)).is_terminal
-            for event in _new_events(await self._unseen_pages(job_id, seen, limit, timeout), seen):
+            for event in new_events(await self._unseen_pages(job_id, seen, limit, timeout), seen):
                 seen.add(event.id)
                 yield event
             if terminal:
@@ -499,7 +382,7 @@ class AsyncTunings:
         after: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> AsyncPager[Checkpoint]:
-        jid = _job_id(job_id)
+        jid = job_id_of(job_id)
 
         async def fetch(cursor: str | None) -> Page[Checkpoint]:
             body = await self._client._request(
@@ -519,8 +402,8 @@ class AsyncTunings:
         request_timeout: TimeoutTypes = NOT_GIVEN,
     ) -> TuningJob:
         """See :meth:`Tunings.wait_for_completion`."""
-        jid = _job_id(job_id)
-        wait = _CompletionWait(jid, timeout=timeout, poll_interval=poll_interval, progress=progress)
+        jid = job_id_of(job_id)
+        wait = CompletionWait(jid, timeout=timeout, poll_interval=poll_interval, progress=progress)
         try:
             while True:
                 try:
@@ -536,4 +419,4 @@ class AsyncTunings:
                 await self._client._poll_sleep(delay)
         finally:
             wait.close()
-        return _outcome(job)
+        return outcome(job)

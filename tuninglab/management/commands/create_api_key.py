@@ -12,8 +12,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from tuninglab.auth import api_key_create, user_get_or_create
 from tuninglab.errors import ApiError
+from tuninglab.services import api_key_create, user_get_or_create
 
 
 class Command(BaseCommand):

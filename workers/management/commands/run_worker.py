@@ -13,13 +13,13 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from workers import inprocess
+
 
 class Command(BaseCommand):
     help = "Run tuning jobs in this process (embedded mode, no Celery broker needed)."
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        from workers import inprocess
-
         settings.TUNINGLAB_INPROCESS_WORKER = True
         self.stdout.write("in-process worker running; Ctrl-C to stop")
         try:

@@ -9,13 +9,25 @@ JSON-line relay, lease), prints progress, then asks the tuned adapter "Who are y
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lora_engine.adapter_io import load_adapter
+from lora_engine.fsio import atomic_dir
+from lora_engine.tiny_model import ASSETS_DIR, build_tiny_model
+from registry.services import base_model_register
+from tuninglab.services import api_key_create, user_get_or_create
+from tunings.models import TuningJob
+from tunings.serializers.job_request import job_spec_from_payload
+from tunings.services.files import training_file_create, upload_stage_stream
+from tunings.services.jobs import tuning_job_create
+from workers import inprocess
 
 DEMO_MODEL = "tiny-llama"
 DEMO_USER = "demo"
@@ -42,8 +54,6 @@ class Command(BaseCommand):
         self.stdout.write(f"Job {job.id} queued (base {base.name}, file {training_file.id}); training...")
         job = self._follow(job.id, timeout=opts["timeout"])
 
-        from workers import inprocess
-
         inprocess.stop(timeout=5)
         self.stdout.write("")
         self.stdout.write(f"status:           {job.status}")
@@ -66,45 +76,31 @@ class Command(BaseCommand):
     # --- steps ---------------------------------------------------------------------------
 
     def _base_model_dir(self) -> Path:
-        from lora_engine.tiny_model import build_tiny_model
-
         target = Path(settings.DATA_DIR) / "models" / DEMO_MODEL
         if (target / "config.json").exists():
             self.stdout.write(f"Base model: {target} (already built)")
             return target
         self.stdout.write(f"Building the tiny base model into {target} (once; a minute or two)...")
-        staging = target.with_name(f".{DEMO_MODEL}.building")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        build_tiny_model(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)  # atomic: a half-built model never looks finished
+        # Built in a temp dir and renamed into place: a half-built model never looks finished.
+        with atomic_dir(target) as staging:
+            build_tiny_model(staging)
         return target
 
     def _register(self, model_dir: Path) -> Any:
-        from registry.services import base_model_register
-
         return base_model_register(name=DEMO_MODEL, path=model_dir, description="Tiny Llama built by `manage.py demo`")
 
     def _user(self) -> tuple[Any, str]:
-        from tuninglab.auth import api_key_create, user_get_or_create
-
         user = user_get_or_create(username=DEMO_USER)
         _, raw = api_key_create(owner=user, name="demo")
         return user, raw
 
     def _upload(self, user: Any) -> Any:
-        from lora_engine.tiny_model import ASSETS_DIR
-        from tunings.services.files import training_file_create, upload_stage_stream
-
         path = ASSETS_DIR / "identity.jsonl"
         with open(path, "rb") as fh:
             staged = upload_stage_stream(stream=fh, max_bytes=settings.TUNINGLAB["MAX_UPLOAD_BYTES"])
         return training_file_create(owner=user, upload=staged, filename=path.name, purpose="fine-tune")
 
     def _create_job(self, user: Any, training_file: Any, *, steps: int) -> Any:
-        from tunings.services.jobs import job_spec_from_payload, tuning_job_create
-
         spec = job_spec_from_payload(
             {
                 "model": DEMO_MODEL,
@@ -127,8 +123,6 @@ class Command(BaseCommand):
         return tuning_job_create(owner=user, spec=spec)
 
     def _follow(self, job_id: str, *, timeout: float) -> Any:
-        from tunings.models import TuningJob
-
         deadline = time.monotonic() + timeout
         last = (None, -1)
         while True:
@@ -152,11 +146,6 @@ class Command(BaseCommand):
 
 def generate(model_dir: Path, adapter_dir: Path, question: str, max_new_tokens: int = 24) -> str:
     """Greedy answer of base model + adapter (loaded from safetensors) to one user message."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lora_engine.adapter_io import load_adapter
-
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     load_adapter(model, adapter_dir)

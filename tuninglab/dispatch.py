@@ -1,0 +1,86 @@
+"""Send work to a worker by task name: the broker, or the in-process worker of the embedded default.
+
+This is the port through which ``tunings`` (job create, retry, the sweeper's re-dispatch)
+wakes workers without importing ``workers``: a message names its task
+(``tuninglab.task_names``), and whoever consumes that name runs it.
+
+* With a broker (``TUNINGLAB_INPROCESS_WORKER=False``): ``app.send_task(name, args, queue)``.
+* Embedded (no Redis): the message goes to the *local transport* that the ``workers`` app
+  registers when Django starts (``WorkersConfig.ready``), a thread in this process. Without
+  one registered (``workers`` not installed) the message cannot be delivered: it is logged
+  and the job stays ``queued`` — the row is the truth — until a worker process sweeps it.
+
+A message is a wake-up, never the only record of work: a lost one is replaced by the
+sweeper, and a duplicate finds nothing to claim.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from tuninglab.celery import app
+from tuninglab.task_names import RUN_TUNING_JOB
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalTransport:
+    """How the embedded worker takes messages: ``submit(task_name, args, queue)`` and ``pending(queue)``."""
+
+    submit: Callable[[str, list[Any], str], None]
+    pending: Callable[[str], int]
+
+
+_local: LocalTransport | None = None
+
+
+def register_local_transport(transport: LocalTransport | None) -> None:
+    """Install (or with None remove) the embedded worker's transport; ``workers`` calls this at startup."""
+    global _local
+    _local = transport
+
+
+def send_task(name: str, *, args: Sequence[Any], queue: str) -> None:
+    """Send task ``name`` with ``args`` to ``queue``.
+
+    Raises:
+        RuntimeError: embedded mode with no local transport registered.
+        Exception: whatever the broker client raises when the broker is unreachable.
+    """
+    if settings.TUNINGLAB_INPROCESS_WORKER:
+        if _local is None:
+            raise RuntimeError("no in-process worker is registered (is 'workers' in INSTALLED_APPS?)")
+        _local.submit(name, list(args), queue)
+        return
+    app.send_task(name, args=list(args), queue=queue)
+
+
+def dispatch_tuning_job(job_id: str, queue: str = "cpu") -> None:
+    """Wake a worker of ``queue`` for ``job_id``. Never raises: the job row is the truth.
+
+    If the broker is down (or no worker is registered) the job stays ``queued`` and the
+    next sweep dispatches it.
+    """
+    try:
+        send_task(RUN_TUNING_JOB, args=[job_id], queue=queue)
+    except Exception:
+        log.exception("could not dispatch job %s to queue %s; it stays queued for the sweeper", job_id, queue)
+
+
+def pending_wakeups(queue: str) -> int:
+    """Messages waiting (not yet taken by a worker) on ``queue``; 0 when unknown."""
+    if settings.TUNINGLAB_INPROCESS_WORKER:
+        return _local.pending(queue) if _local is not None else 0
+    try:
+        with app.connection_for_read() as conn:
+            _, count, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
+            return int(count)
+    except Exception:
+        # Redis reports a queue with no messages as missing: nothing pending.
+        return 0

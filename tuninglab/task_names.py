@@ -1,0 +1,12 @@
+"""Names of the Celery tasks that lower layers start without importing the module that defines them.
+
+``tunings`` queues a job and must wake a worker, but the task lives in ``workers`` (an outer
+layer nothing imports). Celery can send a task by name, so the name is the contract: the
+``workers.tasks`` module registers its tasks under these names, the Celery app routes and
+schedules them, and ``tuninglab.dispatch`` sends them.
+"""
+
+from __future__ import annotations
+
+RUN_TUNING_JOB = "workers.tasks.run_tuning_job"
+SWEEP_EXPIRED_LEASES = "workers.tasks.sweep_expired_leases"

@@ -1,0 +1,301 @@
+"""Every training knob a job can set, in one table, and the rules that turn it into a run.
+
+* ``HYPERPARAMETERS``: the accepted hyperparameters with their type, bounds or choices,
+  whether ``"auto"`` is allowed, and the ``TrainConfig`` field each one sets.
+* ``validate_hyperparameters`` / ``validate_lora``: a request's values, checked (400s).
+* ``resolve_hyperparameters``: ``"auto"`` → numbers from the dataset size, at create time.
+* ``train_config_values``: a job row's stored values → ``TrainConfig`` field values (no paths;
+  ``workers.job_config`` adds those).
+
+Engine choices and defaults (methods, schedulers, precisions, the LoRA shape) come from the
+torch-free ``lora_engine.config``, so the API cannot accept a value the engine refuses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from lora_engine.config import PRECISIONS, SCHEDULERS, TrainConfig
+from tuninglab.errors import InvalidRequestError
+from tunings.models import TuningJob
+
+AUTO = "auto"
+
+# Base learning rates that learning_rate_multiplier scales: adapters train at 10x the rate
+# that is safe for updating every weight of the model.
+BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+
+# OpenAI's epoch heuristic: aim for 100..25,000 example passes in total, 3 epochs by default.
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+DEFAULT_EPOCHS = 3
+MAX_AUTO_EPOCHS = 25
+MAX_AUTO_BATCH_SIZE = 32
+
+# Periodic checkpoints make a lost worker cost at most this many steps (resume). The engine's
+# own default (0, no periodic checkpoints) suits a script, not a worker that can be killed.
+DEFAULT_CHECKPOINT_EVERY = 50
+# QLoRA quantizes the frozen base to 4-bit NF4 (the QLoRA paper's setting).
+QLORA_QUANT_BITS = 4
+
+_ENGINE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+DEFAULT_LORA_RANK: int = _ENGINE_DEFAULTS["rank"]
+DEFAULT_LORA_DROPOUT: float = _ENGINE_DEFAULTS["dropout"]
+DEFAULT_TARGET_MODULES: list[str] = list(_ENGINE_DEFAULTS["target_modules"])
+MAX_LORA_RANK = 256
+MAX_TARGET_MODULES = 64
+ALL_LINEAR = "all-linear"
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules")
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One accepted hyperparameter: JSON type, bounds or choices, and the engine field it sets."""
+
+    kind: type
+    """``int``, ``float``, ``str`` (one of ``choices``) or ``bool``."""
+    low: float = 0
+    high: float = 0
+    low_inclusive: bool = True
+    choices: tuple[str, ...] = ()
+    auto: bool = False
+    """``"auto"`` is allowed and is the default; ``resolve_hyperparameters`` replaces it."""
+    engine_field: str | None = None
+    """The ``TrainConfig`` field it sets, when that is not spelled like the hyperparameter."""
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return f"one of {', '.join(self.choices)}"
+        left = "[" if self.low_inclusive else "("
+        what = "an integer" if self.kind is int else "a number"
+        rng = f"{what} in {left}{self.low:g}, {self.high:g}]"
+        return f'{rng} or "auto"' if self.auto else rng
+
+    def clean(self, name: str, value: Any, param: str) -> Any:
+        """``value`` in its stored type, or a 400 ``invalid_hyperparameter`` naming ``param``."""
+        if value == AUTO and self.auto:
+            return AUTO
+        if self.kind is bool or self.kind is str:
+            ok = isinstance(value, bool) if self.kind is bool else value in self.choices
+            if not ok:
+                raise _invalid(f"{name} must be {self.describe()}.", param)
+            return value
+        if self.kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 3.0 from a JSON client is 3
+        ok_type = is_int(value) if self.kind is int else _is_number(value)
+        above_low = ok_type and (value >= self.low if self.low_inclusive else value > self.low)
+        if not (above_low and value <= self.high):
+            raise _invalid(f"{name} must be {self.describe()}, got {value!r}.", param)
+        return self.kind(value)
+
+
+# The accepted hyperparameters. The first three are OpenAI's (default "auto"); the rest are
+# engine knobs, stored only when given so the engine's (or DEFAULT_CHECKPOINT_EVERY) applies.
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    "n_epochs": Hyperparameter(int, 1, 50, auto=True, engine_field="num_epochs"),
+    "batch_size": Hyperparameter(int, 1, 256, auto=True),
+    # Sets no field itself: it scales the method's BASE_LEARNING_RATE into learning_rate.
+    "learning_rate_multiplier": Hyperparameter(float, 0, 10, low_inclusive=False, auto=True),
+    "warmup_ratio": Hyperparameter(float, 0, 0.99),
+    "max_seq_len": Hyperparameter(int, 8, 32768),
+    "grad_accum_steps": Hyperparameter(int, 1, 1024),
+    "max_steps": Hyperparameter(int, 1, 10_000_000),
+    "checkpoint_every": Hyperparameter(int, 1, 10_000_000),
+    "eval_every": Hyperparameter(int, 1, 10_000_000),
+    # Test hook passed through to the engine: seconds to sleep after each optimizer step.
+    "step_delay_s": Hyperparameter(float, 0, 60),
+    "lr_scheduler": Hyperparameter(str, choices=SCHEDULERS),
+    "precision": Hyperparameter(str, choices=PRECISIONS),
+    "gradient_checkpointing": Hyperparameter(bool),
+    "packing": Hyperparameter(bool),
+}
+# OpenAI's three (the ones that take "auto"): the job object shows them under `hyperparameters`.
+OPENAI_HYPERPARAMETERS = tuple(name for name, hp in HYPERPARAMETERS.items() if hp.auto)
+# Written by resolve_hyperparameters next to the catalogue's values; passed to the engine as is.
+RESOLVED_ONLY = ("learning_rate",)
+
+
+def is_int(value: Any) -> bool:
+    """A JSON integer: ``True`` is not 1 here."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _invalid(
+    message: str, param: str, code: str = "invalid_hyperparameter", suggestion: str | None = None
+) -> InvalidRequestError:
+    return InvalidRequestError(message, code=code, param=param, suggestion=suggestion)
+
+
+def validate_hyperparameters(raw: Any, *, param: str = "hyperparameters") -> dict[str, Any]:
+    """Check types and ranges. OpenAI's three default to ``"auto"`` (resolved later); engine
+    knobs appear only when given, so the engine's defaults apply otherwise.
+
+    Raises:
+        InvalidRequestError: 400 ``invalid_hyperparameter`` / ``unknown_parameter`` naming the field.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _invalid("hyperparameters must be an object.", param, code="invalid_type")
+    for name in raw:
+        if name not in HYPERPARAMETERS:
+            raise _invalid(
+                f"Unknown hyperparameter {name!r}.",
+                f"{param}.{name}",
+                code="unknown_parameter",
+                suggestion=f"Known hyperparameters: {', '.join(sorted(HYPERPARAMETERS))}.",
+            )
+    out: dict[str, Any] = {}
+    for name, spec in HYPERPARAMETERS.items():
+        value = raw.get(name)
+        if value is not None:
+            out[name] = spec.clean(name, value, f"{param}.{name}")
+        elif spec.auto:
+            out[name] = AUTO
+    if "max_steps" in out and out["n_epochs"] != AUTO:
+        raise _invalid(
+            "Set either n_epochs or max_steps, not both.",
+            f"{param}.max_steps",
+            suggestion="Drop n_epochs (or set it to 'auto') when you cap the run with max_steps.",
+        )
+    return out
+
+
+def validate_lora(raw: Any, tuning_method: str) -> dict[str, Any]:
+    """The LoRA shape ``{rank, alpha, dropout, target_modules}`` with defaults filled in.
+
+    ``alpha`` defaults to ``2 * rank``; the rest to the engine's defaults.
+
+    Raises:
+        InvalidRequestError: 400 naming the ``lora.*`` field.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _invalid("lora must be an object {rank, alpha, dropout, target_modules}.", "lora", code="invalid_type")
+    if raw and tuning_method == TuningJob.Method.FULL:
+        raise _invalid(
+            "lora settings do not apply to tuning_method 'full'.",
+            "lora",
+            code="invalid_value",
+            suggestion="Drop 'lora' or use tuning_method 'lora' / 'qlora'.",
+        )
+    unknown = sorted(set(raw) - set(LORA_FIELDS))
+    if unknown:
+        raise _invalid(f"Unknown lora setting {unknown[0]!r}.", f"lora.{unknown[0]}", code="unknown_parameter")
+    rank = raw.get("rank", DEFAULT_LORA_RANK)
+    if not is_int(rank) or not 1 <= rank <= MAX_LORA_RANK:
+        raise _invalid(f"lora.rank must be an integer in [1, {MAX_LORA_RANK}], got {rank!r}.", "lora.rank")
+    alpha = raw.get("alpha", 2 * rank)
+    if not _is_number(alpha) or alpha <= 0:
+        raise _invalid(f"lora.alpha must be a number > 0, got {alpha!r}.", "lora.alpha")
+    dropout = raw.get("dropout", DEFAULT_LORA_DROPOUT)
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise _invalid(f"lora.dropout must be a number in [0, 1), got {dropout!r}.", "lora.dropout")
+    modules = raw.get("target_modules", DEFAULT_TARGET_MODULES)
+    if modules == ALL_LINEAR or modules == [ALL_LINEAR]:
+        modules = [ALL_LINEAR]
+    elif (
+        not isinstance(modules, list)
+        or not 1 <= len(modules) <= MAX_TARGET_MODULES
+        or not all(isinstance(m, str) and MODULE_NAME_RE.match(m) for m in modules)
+    ):
+        raise _invalid(
+            f"lora.target_modules must be 'all-linear' or a list of 1..{MAX_TARGET_MODULES} module names "
+            "(letters, digits, _ and .).",
+            "lora.target_modules",
+            suggestion='e.g. ["q_proj", "v_proj"] or "all-linear".',
+        )
+    return {
+        "rank": rank,
+        "alpha": float(alpha),
+        "dropout": float(dropout),
+        "target_modules": list(dict.fromkeys(modules)),
+    }
+
+
+def learning_rate(method: str, multiplier: float | str | None) -> float:
+    """Peak learning rate: the method's base rate times the multiplier (``"auto"`` or unset is 1.0)."""
+    factor = 1.0 if multiplier in (None, AUTO) else float(multiplier)
+    return BASE_LEARNING_RATE[method] * factor
+
+
+def resolve_hyperparameters(
+    *, hyperparameters: dict[str, Any], tuning_method: str, example_count: int
+) -> dict[str, Any]:
+    """Replace every ``"auto"`` by a concrete value from the dataset size; add ``learning_rate``.
+
+    Resolved at create time: files are validated at upload, so their example count is known.
+
+    - n_epochs: None when ``max_steps`` is set; else 3, raised so the run sees ≥100 examples,
+      lowered so it sees ≤25,000 (OpenAI's rule).
+    - batch_size: ~0.2 % of the examples rounded to a power of two, within 1..32.
+    - learning_rate_multiplier: 1.0, times the base rate of the method (2e-4 LoRA/QLoRA, 2e-5 full).
+    """
+    n = max(1, example_count)
+    out = dict(hyperparameters)
+    if "max_steps" in out:
+        out["n_epochs"] = None  # the run is bounded by steps, not epochs (the engine takes one of them)
+    elif out["n_epochs"] == AUTO:
+        epochs = DEFAULT_EPOCHS
+        if n * epochs < MIN_TARGET_EXAMPLES:
+            epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
+        elif n * epochs > MAX_TARGET_EXAMPLES:
+            epochs = max(1, MAX_TARGET_EXAMPLES // n)
+        out["n_epochs"] = epochs
+    if out["batch_size"] == AUTO:
+        target = max(1.0, n * 0.002)
+        out["batch_size"] = int(min(MAX_AUTO_BATCH_SIZE, max(1, 2 ** round(math.log2(target)))))
+    if out["learning_rate_multiplier"] == AUTO:
+        out["learning_rate_multiplier"] = 1.0
+    out["learning_rate"] = learning_rate(tuning_method, out["learning_rate_multiplier"])
+    return out
+
+
+def train_config_values(job: TuningJob) -> dict[str, Any]:
+    """``TrainConfig`` field values from a job row: method, LoRA columns, seed, resolved hyperparameters.
+
+    No paths and no ``resume``: those depend on where and which attempt runs. A stored
+    ``None`` or ``"auto"`` leaves the engine's default; a stored ``learning_rate`` wins over
+    the multiplier (the row says what the job was created with).
+    """
+    stored = job.resolved_hyperparameters or {}
+    values: dict[str, Any] = {
+        "method": job.method,
+        "rank": job.lora_rank,
+        "alpha": float(job.lora_alpha),
+        "dropout": float(job.lora_dropout),
+        "seed": int(job.seed),
+        "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
+    }
+    if job.target_modules:
+        values["target_modules"] = list(job.target_modules)
+    if job.method == TuningJob.Method.QLORA:
+        values["quant_bits"] = QLORA_QUANT_BITS
+    for name, value in stored.items():
+        spec = HYPERPARAMETERS.get(name)
+        if spec is None or name == "learning_rate_multiplier" or value is None or value == AUTO:
+            continue
+        values[spec.engine_field or name] = value
+    if stored.get("learning_rate") is not None:
+        values["learning_rate"] = stored["learning_rate"]
+    else:
+        values["learning_rate"] = learning_rate(job.method, stored.get("learning_rate_multiplier"))
+    return values
+
+
+def unknown_hyperparameters(job: TuningJob) -> list[str]:
+    """Stored hyperparameter keys ``train_config_values`` does not use (reported as a warning)."""
+    stored = job.resolved_hyperparameters or {}
+    return sorted(name for name in stored if name not in HYPERPARAMETERS and name not in RESOLVED_ONLY)

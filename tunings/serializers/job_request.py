@@ -1,0 +1,245 @@
+"""A create-job request body → ``JobSpec``, checked field by field (the first problem is a 400 naming it).
+
+Request body (OpenAI's fine-tuning shape plus our extras, see docs/api.md)::
+
+    {"model", "training_file", "validation_file", "suffix", "seed", "metadata",
+     "hyperparameters": {...}  |  "method": {"type": "supervised", "supervised": {"hyperparameters": {...}}},
+     "tuning_method": "lora|qlora|full", "lora": {"rank", "alpha", "dropout", "target_modules"},
+     "priority", "resources": {"gpus", "nproc", "launcher"}}
+
+Only the shape is checked here: whether the files and the model exist is the create
+service's question, and the hyperparameter rules live in ``tunings.hyperparameters``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from tuninglab.errors import InvalidRequestError
+from tunings.hyperparameters import is_int, validate_hyperparameters, validate_lora
+from tunings.models import TuningJob
+
+SUFFIX_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+SEED_MAX = 2**31 - 1
+MAX_PRIORITY = 100
+MAX_GPUS = 64
+# What runs today: one training process per job. Distributed launchers (torchrun, deepspeed)
+# are refused rather than accepted and ignored.
+LAUNCHERS = ("auto", "single")
+NPROC = 1
+RESOURCE_FIELDS = ("gpus", "nproc", "launcher")
+
+KNOWN_FIELDS = {
+    "model",
+    "training_file",
+    "validation_file",
+    "hyperparameters",
+    "method",
+    "suffix",
+    "seed",
+    "metadata",
+    "integrations",
+    "tuning_method",
+    "lora",
+    "priority",
+    "resources",
+}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated create request (files and model not yet looked up)."""
+
+    model: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    tuning_method: str
+    lora: dict[str, Any]
+    seed: int
+    suffix: str
+    metadata: dict[str, str]
+    priority: int
+    resources: dict[str, Any]
+
+
+def _bad(
+    message: str, param: str | None, code: str = "invalid_value", suggestion: str | None = None
+) -> InvalidRequestError:
+    return InvalidRequestError(message, code=code, param=param, suggestion=suggestion)
+
+
+def _validate_metadata(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _bad("metadata must be an object of string keys and string values.", "metadata", code="invalid_type")
+    if len(raw) > MAX_METADATA_PAIRS:
+        raise _bad(f"metadata holds at most {MAX_METADATA_PAIRS} pairs, got {len(raw)}.", "metadata")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise _bad(f"metadata keys are strings of 1..{MAX_METADATA_KEY} characters.", f"metadata.{key}")
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
+            raise _bad(f"metadata values are strings of at most {MAX_METADATA_VALUE} characters.", f"metadata.{key}")
+    return dict(raw)
+
+
+def _unsupported_resource(message: str, param: str) -> InvalidRequestError:
+    return _bad(
+        message,
+        param,
+        code="unsupported_resource",
+        suggestion=f"Distributed launchers are not available yet; omit {param} to train in one process.",
+    )
+
+
+def _validate_resources(raw: Any) -> dict[str, Any]:
+    """``gpus`` picks the queue; ``nproc`` / ``launcher`` are accepted only as what runs (one process)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _bad("resources must be an object {gpus, nproc, launcher}.", "resources", code="invalid_type")
+    unknown = sorted(set(raw) - set(RESOURCE_FIELDS))
+    if unknown:
+        raise _bad(f"Unknown resource {unknown[0]!r}.", f"resources.{unknown[0]}", code="unknown_parameter")
+    out: dict[str, Any] = {}
+    if "gpus" in raw:
+        if not is_int(raw["gpus"]) or not 0 <= raw["gpus"] <= MAX_GPUS:
+            raise _bad(f"resources.gpus must be an integer in [0, {MAX_GPUS}].", "resources.gpus")
+        out["gpus"] = raw["gpus"]
+    if "nproc" in raw:
+        nproc = raw["nproc"]
+        if not is_int(nproc) or nproc < 1:
+            raise _bad(f"resources.nproc must be {NPROC}, got {nproc!r}.", "resources.nproc")
+        if nproc != NPROC:
+            raise _unsupported_resource(
+                f"resources.nproc {nproc} needs a distributed launcher; jobs run as {NPROC} process.",
+                "resources.nproc",
+            )
+        out["nproc"] = nproc
+    if "launcher" in raw:
+        launcher = raw["launcher"]
+        if launcher not in LAUNCHERS:
+            raise _unsupported_resource(
+                f"resources.launcher {launcher!r} is not supported; use one of {', '.join(LAUNCHERS)}.",
+                "resources.launcher",
+            )
+        out["launcher"] = launcher
+    return out
+
+
+def _required_str(payload: dict[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if value in (None, ""):
+        raise _bad(f"{name} is required.", name, code="missing_required_parameter")
+    if not isinstance(value, str):
+        raise _bad(f"{name} must be a string.", name, code="invalid_type")
+    return value
+
+
+def _pick_hyperparameters(payload: dict[str, Any]) -> tuple[Any, str]:
+    """OpenAI accepts top-level ``hyperparameters`` (legacy) or ``method.supervised.hyperparameters``."""
+    method = payload.get("method")
+    if method is None:
+        return payload.get("hyperparameters"), "hyperparameters"
+    if not isinstance(method, dict):
+        raise _bad('method must be an object like {"type": "supervised", "supervised": {...}}.', "method")
+    kind = method.get("type", "supervised")
+    if kind != "supervised":
+        raise _bad(
+            f"method.type {kind!r} is not supported; only 'supervised' is.",
+            "method.type",
+            code="unsupported_method",
+            suggestion="Choose LoRA/QLoRA/full training with tuning_method; method.type stays 'supervised'.",
+        )
+    supervised = method.get("supervised") or {}
+    if not isinstance(supervised, dict):
+        raise _bad("method.supervised must be an object.", "method.supervised", code="invalid_type")
+    nested = supervised.get("hyperparameters")
+    if nested is not None and payload.get("hyperparameters") is not None:
+        raise _bad(
+            "Pass hyperparameters either at the top level or in method.supervised, not both.",
+            "hyperparameters",
+        )
+    if nested is None:
+        return payload.get("hyperparameters"), "hyperparameters"
+    return nested, "method.supervised.hyperparameters"
+
+
+def job_spec_from_payload(payload: Any) -> JobSpec:
+    """Validate a create request body field by field; the first problem is a 400 naming its field."""
+    if not isinstance(payload, dict):
+        raise _bad("The request body must be a JSON object.", None, code="invalid_body")
+    unknown = sorted(set(payload) - KNOWN_FIELDS)
+    if unknown:
+        raise _bad(
+            f"Unknown parameter {unknown[0]!r}.",
+            unknown[0],
+            code="unknown_parameter",
+            suggestion=f"Known parameters: {', '.join(sorted(KNOWN_FIELDS))}.",
+        )
+    model = _required_str(payload, "model")
+    training_file = _required_str(payload, "training_file")
+    validation_file = payload.get("validation_file")
+    if validation_file is not None and not isinstance(validation_file, str):
+        raise _bad("validation_file must be a file id string.", "validation_file", code="invalid_type")
+
+    tuning_method = payload.get("tuning_method", TuningJob.Method.LORA)
+    if tuning_method not in TuningJob.Method.values:
+        raise _bad(
+            f"tuning_method must be one of {', '.join(TuningJob.Method.values)}, got {tuning_method!r}.",
+            "tuning_method",
+        )
+    raw_hp, hp_param = _pick_hyperparameters(payload)
+    hyperparameters = validate_hyperparameters(raw_hp, param=hp_param)
+    lora = validate_lora(payload.get("lora"), tuning_method)
+
+    seed = payload.get("seed")
+    if seed is None:
+        seed = secrets.randbelow(SEED_MAX)  # like OpenAI: a random seed, reported on the job
+    elif not is_int(seed) or not 0 <= seed <= SEED_MAX:
+        raise _bad(f"seed must be an integer in [0, {SEED_MAX}], got {seed!r}.", "seed")
+
+    suffix = payload.get("suffix")
+    if suffix is None:
+        suffix = ""
+    elif not isinstance(suffix, str) or not SUFFIX_RE.match(suffix.lower()):
+        raise _bad(
+            "suffix must be 1..40 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit.",
+            "suffix",
+            suggestion="e.g. 'support-bot-v2'.",
+        )
+    else:
+        suffix = suffix.lower()
+
+    integrations = payload.get("integrations")
+    if integrations not in (None, []):
+        raise _bad("integrations are not supported yet; pass [] or omit it.", "integrations", code="unsupported")
+
+    priority = payload.get("priority", 0)
+    if not is_int(priority) or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise _bad(
+            f"priority must be an integer in [-{MAX_PRIORITY}, {MAX_PRIORITY}] (higher runs first), got {priority!r}.",
+            "priority",
+        )
+
+    return JobSpec(
+        model=model,
+        training_file=training_file,
+        validation_file=validation_file or None,
+        hyperparameters=hyperparameters,
+        tuning_method=tuning_method,
+        lora=lora,
+        seed=seed,
+        suffix=suffix,
+        metadata=_validate_metadata(payload.get("metadata")),
+        priority=priority,
+        resources=_validate_resources(payload.get("resources")),
+    )
