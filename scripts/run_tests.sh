@@ -13,8 +13,8 @@ env -u DATABASE_URL -u REDIS_URL $BIN/pytest -m "not postgres and not redis" "$@
 
 if [[ -n "${DATABASE_URL:-}" ]]; then
   echo "== pytest on PostgreSQL ($DATABASE_URL) + Redis (${REDIS_URL:-none})"
-  # Engine tests do not touch the database or the broker; they ran above.
-  $BIN/pytest --ignore=tests/engine "$@"
+  # Engine tests (tests/lora_engine) do not touch the database or the broker; they ran above.
+  $BIN/pytest --ignore=tests/lora_engine "$@"
 elif [[ "${CI:-}" == "true" ]]; then
   echo "CI=true but DATABASE_URL is not set: the PostgreSQL + Redis suites must run in CI" >&2
   exit 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -70,3 +72,30 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# Shapes of the fabricated model; the expected parameter count is their sum of products.
+FAKE_TENSORS = {
+    "model.embed_tokens.weight": (32, 8),
+    "model.layers.0.self_attn.q_proj.weight": (8, 8),
+    "model.layers.0.mlp.up_proj.weight": (16, 8),
+    "model.norm.weight": (8,),
+}
+FAKE_PARAMETER_COUNT = 32 * 8 + 8 * 8 + 16 * 8 + 8
+
+
+def write_fake_model(root: Path, *, tensors: dict[str, tuple[int, ...]] | None = None) -> Path:
+    """A minimal Hugging Face model dir: config.json, tokenizer.json, model.safetensors."""
+    # Late: torch is needed only by the suites that fabricate model files.
+    import torch
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8})
+    )
+    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
+    (root / "tokenizer_config.json").write_text("{}")
+    shapes = tensors or FAKE_TENSORS
+    save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(root / "model.safetensors"))
+    return root

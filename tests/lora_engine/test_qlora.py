@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 from lora_engine.lora import LoRALinear, inject_lora, lora_parameters, merge_lora
 from lora_engine.quantize import is_quantized_linear, quantize_base_linears
 from lora_engine.report import memory_report, parameter_report
-from tests.engine.conftest import build_tiny_llama
+from tests.lora_engine.conftest import build_tiny_llama
 
 VOCAB = 128
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from registry.models import BaseModel
 from registry.services import safetensors_parameter_count
-from tests.platform.conftest import FAKE_PARAMETER_COUNT, write_fake_model
+from tests.helpers import FAKE_PARAMETER_COUNT, write_fake_model
 
 pytestmark = pytest.mark.django_db
 

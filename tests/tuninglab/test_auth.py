@@ -69,7 +69,7 @@ def test_it_rejects_an_invalid_username_without_writing_anything():
     assert not ApiKey.objects.exists()
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 def test_it_authenticates_the_printed_key_against_the_api():
     raw = _run_create_api_key("carol")[-1]
     response = _bearer(raw).get(WHOAMI)
@@ -95,7 +95,7 @@ def test_it_never_stores_the_raw_key_anywhere_in_the_database(user):
                 assert raw[10:] not in dumped, f"key secret found in {model.__name__}"
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 def test_it_answers_401_in_the_error_shape_for_a_revoked_key(user):
     row, raw = api_key_create(owner=user)
     client = _bearer(raw)
@@ -115,14 +115,14 @@ def test_it_finds_a_key_by_its_secret_only_while_it_is_active(user):
     assert api_key_get_active(raw_key=raw) is None
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 def test_it_keeps_the_first_revocation_time(user):
     row, _ = api_key_create(owner=user)
     first = api_key_revoke(key=row).revoked_at
     assert api_key_revoke(key=ApiKey.objects.get(pk=row.pk)).revoked_at == first
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 @pytest.mark.parametrize(
     ("header", "code"),
     [
@@ -142,7 +142,7 @@ def test_it_answers_401_for_a_missing_wrong_or_malformed_key(header, code, user)
     _assert_error_shape(response.json(), type_="authentication_error", code=code)
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 def test_it_rejects_the_key_of_a_deactivated_user(user):
     _, raw = api_key_create(owner=user)
     user.is_active = False
@@ -159,7 +159,7 @@ def low_rate(settings, monkeypatch):
     return clock
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 def test_it_throttles_per_key_with_429_and_retry_after(user, other_user, low_rate):
     _, raw = api_key_create(owner=user)
     _, other_raw = api_key_create(owner=other_user)
@@ -176,7 +176,7 @@ def test_it_throttles_per_key_with_429_and_retry_after(user, other_user, low_rat
     assert client.get(WHOAMI).status_code == 200
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 def test_it_gives_two_keys_of_one_user_separate_buckets(user, low_rate):
     a, b = _bearer(api_key_create(owner=user)[1]), _bearer(api_key_create(owner=user)[1])
     for _ in range(3):
@@ -185,7 +185,7 @@ def test_it_gives_two_keys_of_one_user_separate_buckets(user, low_rate):
     assert b.get(WHOAMI).status_code == 200
 
 
-@pytest.mark.urls("tests.platform.urls")
+@pytest.mark.urls("tests.tuninglab.urls")
 def test_it_does_not_throttle_the_health_check(low_rate):
     client = APIClient()
     assert [client.get("/healthz").status_code for _ in range(5)] == [200] * 5

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tests.api.conftest import make_file
+from tests.tunings.apis.conftest import make_file
 from tunings.models import Checkpoint, JobEvent, TuningJob
 from tunings.selectors.jobs import tuning_job_queue_info
 from tunings.selectors.queue import queued_jobs

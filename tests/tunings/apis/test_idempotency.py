@@ -50,7 +50,7 @@ def test_it_refuses_the_same_key_with_another_body(api_client, job_body, dispatc
 
 @pytest.mark.django_db
 def test_it_scopes_keys_per_owner(api_client, other_api_client, job_body, other_user, dispatched):
-    from tests.api.conftest import make_file
+    from tests.tunings.apis.conftest import make_file
 
     mine = api_client.post("/v1/fine_tuning/jobs", job_body, format="json", **KEY).json()
     theirs_body = {**job_body, "training_file": make_file(other_user).id}

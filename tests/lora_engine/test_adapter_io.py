@@ -23,7 +23,7 @@ from lora_engine.adapter_io import (
     save_adapter,
 )
 from lora_engine.lora import LoRALinear, inject_lora, lora_parameters
-from tests.engine.conftest import build_tiny_llama
+from tests.lora_engine.conftest import build_tiny_llama
 
 VOCAB = 96
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry.naming import fine_tuned_model_name
-from tests.api.conftest import make_file
+from tests.tunings.apis.conftest import make_file
 from tuninglab import dispatch
 from tunings.models import JobEvent, TuningJob
 from workers.job_config import build_train_config

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.datasets.conftest import BAD_SAMPLES, DATA, GOOD_SAMPLES
+from tests.tunings.datasets.conftest import BAD_SAMPLES, DATA, GOOD_SAMPLES
 from tunings.datasets import validate_jsonl
 from tunings.datasets.tokens import estimate_example_tokens
 

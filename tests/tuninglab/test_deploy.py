@@ -57,7 +57,7 @@ def test_it_documents_bearer_auth_and_the_health_check_in_the_schema():
     from drf_spectacular.generators import SchemaGenerator
 
     # The platform's own urlconf: the whole project's schema is checked by check --deploy above.
-    schema = SchemaGenerator(urlconf="tests.platform.urls").get_schema(request=None, public=True)
+    schema = SchemaGenerator(urlconf="tests.tuninglab.urls").get_schema(request=None, public=True)
     assert schema["components"]["securitySchemes"]["ApiKeyAuth"] == {
         "type": "http",
         "scheme": "bearer",

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from lora_engine.adapter_io import AdapterFormatError, load_adapter, save_adapter
 from lora_engine.lora import inject_lora, lora_parameters
 from lora_engine.merge import merge_and_export
-from tests.engine.conftest import build_tiny_llama
+from tests.lora_engine.conftest import build_tiny_llama
 
 VOCAB = 96
 

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from registry.models import Alias, AliasEvent, BaseModel, ModelVersion
-from tests.platform.conftest import FAKE_PARAMETER_COUNT, write_fake_model
+from tests.helpers import FAKE_PARAMETER_COUNT, write_fake_model
 from tuninglab.models import ApiKey, IdempotencyRecord
 from tuninglab.selectors import hash_key
 from tuninglab.services import api_key_create

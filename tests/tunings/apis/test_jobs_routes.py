@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import make_file
+from tests.tunings.apis.conftest import make_file
 from tunings.models import Checkpoint, TuningJob
 from tunings.services import state
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.versions import AdapterError, model_version_create_from_job, registered_model_name
+from registry.naming import registered_model_name
+from registry.versions import AdapterError, model_version_create_from_job
 
 pytestmark = pytest.mark.django_db
 
@@ -23,10 +24,10 @@ def test_it_numbers_versions_per_name_and_copies_the_files(make_job, user, setti
     j1, j2 = make_job(user, suffix="Support Bot"), make_job(user, suffix="Support Bot")
     v1 = model_version_create_from_job(job=j1, adapter_dir=adapter(tmp_path, b"one"))
     v2 = model_version_create_from_job(job=j2, adapter_dir=adapter(tmp_path, b"two"))
-    assert registered_model_name(j1) == "alice-tiny-llama-support-bot"
-    name = "alice-tiny-llama-support-bot"
+    assert registered_model_name(j1) == "alice-fake-llama-support-bot"
+    name = "alice-fake-llama-support-bot"
     assert [(v.name, v.version) for v in (v1, v2)] == [(name, 1), (name, 2)]
-    root = Path(settings.DATA_DIR) / "adapters" / "alice-tiny-llama-support-bot"
+    root = Path(settings.DATA_DIR) / "adapters" / "alice-fake-llama-support-bot"
     assert (root / "v2" / "adapter_model.safetensors").read_bytes() == b"two"
     assert sorted(p.name for p in root.iterdir()) == ["v1", "v2"]  # no staging dirs left
 

@@ -20,7 +20,14 @@ from rest_framework.test import APIClient
 
 import tunings.services.jobs as jobs_service
 from registry.models import BaseModel
-from tests.datasets.conftest import BAD_SAMPLES, GOOD_SAMPLES, sample, stored_files, upload_multipart, upload_raw
+from tests.tunings.datasets.conftest import (
+    BAD_SAMPLES,
+    GOOD_SAMPLES,
+    sample,
+    stored_files,
+    upload_multipart,
+    upload_raw,
+)
 from tuninglab.errors import PayloadTooLargeError
 from tunings.models import TrainingFile, TuningJob
 from tunings.services.files import upload_stage_stream

@@ -18,7 +18,7 @@ from lora_engine.lora import (
     merge_lora,
 )
 from lora_engine.report import format_report, memory_report, parameter_report
-from tests.engine.conftest import build_tiny_llama
+from tests.lora_engine.conftest import build_tiny_llama
 
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB = 32, 64, 2, 4, 2, 96
 KV_DIM = HIDDEN // HEADS * KV_HEADS  # k/v projections are GQA-narrow: 16
