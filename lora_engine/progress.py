@@ -94,7 +94,14 @@ class ProgressEmitter:
         self.emit(obj)
 
     def done(
-        self, *, adapter_dir: str, steps: int, trained_tokens: int, final_loss: float, eval_loss: float | None
+        self,
+        *,
+        adapter_dir: str,
+        steps: int,
+        trained_tokens: int,
+        final_loss: float,
+        eval_loss: float | None,
+        device: str | None = None,
     ) -> None:
         self.emit(
             {
@@ -104,6 +111,7 @@ class ProgressEmitter:
                 "trained_tokens": trained_tokens,
                 "final_loss": final_loss,
                 "eval_loss": eval_loss,
+                "device": device,
             }
         )
 

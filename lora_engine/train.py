@@ -350,6 +350,7 @@ class FineTuneRecipe:
             trained_tokens=self.trained_tokens,
             final_loss=self.last_loss,
             eval_loss=self.last_eval_loss,
+            device=self.device.type,
         )
         return EXIT_DONE
 

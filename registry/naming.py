@@ -3,10 +3,10 @@
 * ``fine_tuned_model_name(job)``: OpenAI's id for the result of a job,
   ``ft:<base>:<owner>:<suffix>:<job id>`` (the job's ``fine_tuned_model``; checkpoints add
   ``:ckpt-step-N``).
-* ``registered_model_name(job)``: the registry line its versions count up in,
-  ``<owner>-<base>[-<suffix>]``, slugged to ``NAME_RE``.
+* ``default_model_name``: the registered model (per owner) a job's result becomes a version
+  of, when the job names none: its suffix, else ``<base>-ft``.
 
-Both take any object with ``id``, ``owner``, ``base_model.name`` and ``suffix`` (a
+``fine_tuned_model_name`` takes any object with ``id``, ``owner``, ``base_model.name`` and ``suffix`` (a
 ``TuningJob``); the registry sits below ``tunings`` and does not import it.
 """
 
@@ -33,16 +33,7 @@ def fine_tuned_model_name(job: Any) -> str:
     return f"ft:{job.base_model.name}:{owner_slug(job.owner)}:{job.suffix}:{job.id}"
 
 
-def registered_model_name(job: Any) -> str:
-    """The registry name of a job's adapter line: ``<owner>-<base>[-<suffix>]``, slugged.
-
-    Versions count up per name, so re-training with the same base and suffix gives v2, v3,
-    ... The owner is part of the name because names (and aliases) are global.
-    """
-    parts = [owner_slug(job.owner), _slug(job.base_model.name)]
-    if job.suffix:
-        parts.append(_slug(job.suffix))
-    name = "-".join(p for p in parts if p)[:64].rstrip("-._") or "model"
-    if not NAME_RE.match(name):
-        name = f"m{name}"[:64]
-    return name
+def default_model_name(*, suffix: str, base_name: str) -> str:
+    """The registered model a job's result joins when the job names none: its suffix, else ``<base>-ft``."""
+    name = suffix or f"{base_name[:61].rstrip('-._')}-ft"
+    return name if NAME_RE.match(name) else f"m{name}"[:64]

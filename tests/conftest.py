@@ -32,6 +32,9 @@ def _isolated_data_dir(settings, tmp_path):
     """Point TUNINGLAB data (uploads, adapters, checkpoints) at a per-test directory."""
     settings.DATA_DIR = tmp_path / "data"
     settings.DATA_DIR.mkdir()
+    # Follow-ups that start background work (MLflow sync, automatic evaluation) are off unless
+    # a test turns them on: a suite about jobs must not wait for MLflow or a model load.
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "MLFLOW_ENABLED": False, "AUTO_EVALUATE": False}
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ execution:
 
 Beat runs ``workers.tasks.sweep_expired_leases`` every ``TUNINGLAB_SWEEP_SECONDS``
 (default 15 s): expired leases go back to ``queued`` (or ``failed`` past the attempt cap)
-and queued jobs without a pending wake-up get one.
+and queued jobs without a pending wake-up get one; and ``workers.tasks.sync_registry`` every
+``TUNINGLAB_REGISTRY_SYNC_SECONDS`` (default 300 s): registry rows MLflow missed (it was
+down) are mirrored.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from tuninglab.env import env_float, env_int
-from tuninglab.task_names import SWEEP_EXPIRED_LEASES
+from tuninglab.task_names import SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tuninglab.settings")
 
 QUEUE_NAMES = ("cpu", "gpu")
 SWEEP_SECONDS = env_float("TUNINGLAB_SWEEP_SECONDS", 15.0)
+# A registry sync that finds nothing pending does not contact MLflow: cheap to run often, and it
+# is what catches MLflow up after an outage without anyone running `registry_sync` by hand.
+REGISTRY_SYNC_SECONDS = env_float("TUNINGLAB_REGISTRY_SYNC_SECONDS", 300.0)
 
 app = Celery("tuninglab")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -45,14 +50,19 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # `app.conf.X = ...` before the app is configured is stored as an override on top of the
 # Django settings (the documented Celery/Django pattern); nothing here reads settings yet.
 app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
-app.conf.task_routes = {SWEEP_EXPIRED_LEASES: {"queue": "cpu"}}
+app.conf.task_routes = {SWEEP_EXPIRED_LEASES: {"queue": "cpu"}, SYNC_REGISTRY: {"queue": "cpu"}}
 app.conf.beat_schedule = {
     "sweep-expired-leases": {
         "task": SWEEP_EXPIRED_LEASES,
         "schedule": SWEEP_SECONDS,
         # A sweep older than its period is stale; the next one does the same work.
         "options": {"expires": SWEEP_SECONDS},
-    }
+    },
+    "sync-registry": {
+        "task": SYNC_REGISTRY,
+        "schedule": REGISTRY_SYNC_SECONDS,
+        "options": {"expires": REGISTRY_SYNC_SECONDS},
+    },
 }
 
 

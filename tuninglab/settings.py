@@ -134,6 +134,24 @@ TUNINGLAB = {
     "LEASE_SECONDS": env_int("TUNINGLAB_LEASE_SECONDS", 60),
     "HEARTBEAT_SECONDS": env_float("TUNINGLAB_HEARTBEAT_SECONDS", 10.0),
     "PYTHON_EXECUTABLE": env_str("TUNINGLAB_PYTHON", ""),
+    # --- registry -----------------------------------------------------------------------
+    # MLflow mirrors the registry (runs, registered model versions, aliases). Empty URI: the
+    # embedded store under DATA_DIR/mlflow (SQLite + local artifacts, no server to run).
+    "MLFLOW_ENABLED": env_bool("TUNINGLAB_MLFLOW_ENABLED", True),
+    "MLFLOW_TRACKING_URI": env_str("TUNINGLAB_MLFLOW_TRACKING_URI", ""),
+    # Evaluate a new version on its job's validation file as soon as it is registered.
+    "AUTO_EVALUATE": env_bool("TUNINGLAB_AUTO_EVALUATE", True),
+    # OpenAI-compatible endpoints an evaluation may use as its LLM judge (exact base URLs).
+    "JUDGE_URLS": tuple(env_list("TUNINGLAB_JUDGE_URLS", [])),
+    # What the serving base (vLLM) accepts; the pre-promotion check refuses anything else.
+    "SERVING_BASE_MODEL": env_str("TUNINGLAB_SERVING_BASE_MODEL", ""),
+    "SERVING_MAX_LORA_RANK": env_int("TUNINGLAB_SERVING_MAX_LORA_RANK", 16),
+    "SERVING_LORA_MODULES": tuple(
+        env_list(
+            "TUNINGLAB_SERVING_LORA_MODULES",
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        )
+    ),
 }
 # Django refuses bodies above this before a view sees them; uploads stream to disk
 # and are capped by MAX_UPLOAD_BYTES instead.

@@ -10,3 +10,6 @@ from __future__ import annotations
 
 RUN_TUNING_JOB = "workers.tasks.run_tuning_job"
 SWEEP_EXPIRED_LEASES = "workers.tasks.sweep_expired_leases"
+RUN_EVALUATION = "workers.tasks.run_evaluation"
+RUN_COMPARISON = "workers.tasks.run_comparison"
+SYNC_REGISTRY = "workers.tasks.sync_registry"

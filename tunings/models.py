@@ -83,6 +83,9 @@ class TuningJob(models.Model):
     target_modules = models.JSONField(default=list, blank=True)
     seed = models.BigIntegerField(default=42)
     suffix = models.CharField(max_length=64, blank=True, default="")
+    model_name = models.CharField(
+        max_length=64, blank=True, default="", help_text="Registered model (per owner) the result becomes a version of"
+    )
     metadata = models.JSONField(default=dict, blank=True)
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
 

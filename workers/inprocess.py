@@ -18,17 +18,34 @@ from typing import Any
 
 from django.db import connections
 
+from registry.evaluation.runner import comparison_run, evaluation_run
 from tuninglab.celery import SWEEP_SECONDS
-from tuninglab.task_names import RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES
+from tuninglab.task_names import RUN_COMPARISON, RUN_EVALUATION, RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
 from workers.runner import run_job, worker_identity
 from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# The tasks this worker runs besides training jobs, by name (as the Celery worker registers them).
+_HANDLERS = {
+    SWEEP_EXPIRED_LEASES: lambda: sweep(),
+    RUN_EVALUATION: lambda evaluation_id: evaluation_run(evaluation_id=evaluation_id),
+    RUN_COMPARISON: lambda comparison_id: comparison_run(comparison_id=comparison_id),
+    SYNC_REGISTRY: lambda: _sync_registry(),
+}
 _lock = threading.Lock()
 _queue: queue.Queue = queue.Queue()
 _thread: threading.Thread | None = None
+
+
+def _sync_registry() -> None:
+    # Late: registry.services.mlflow_sync imports mlflow (~0.9 s and ~150 MB with pandas). Every
+    # Django process imports this module (WorkersConfig.ready registers the embedded transport),
+    # and only a process that actually runs a sync should pay for mlflow.
+    from registry.services.mlflow_sync import registry_sync
+
+    registry_sync()
 
 
 def submit(task_name: str, args: list[Any], queue_name: str = "cpu") -> None:
@@ -37,7 +54,7 @@ def submit(task_name: str, args: list[Any], queue_name: str = "cpu") -> None:
     Raises:
         ValueError: a task name this worker does not run (a bug in the sender, not a lost job).
     """
-    if task_name not in (RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES):
+    if task_name not in (RUN_TUNING_JOB, *_HANDLERS):
         raise ValueError(f"the in-process worker does not run task {task_name!r}")
     ensure_started()
     _queue.put((task_name, list(args), queue_name))
@@ -116,10 +133,10 @@ def _loop() -> None:
             if item is _STOP:
                 return
             task_name, args, queue_name = item
-            if task_name == SWEEP_EXPIRED_LEASES:
-                sweep()
-            else:
+            if task_name == RUN_TUNING_JOB:
                 run_job(args[0], worker_id=worker_id, queue=queue_name)
+            else:
+                _HANDLERS[task_name](*args)
         except Exception:
             log.exception("in-process worker: job %s crashed", item)
         finally:

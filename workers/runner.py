@@ -37,7 +37,12 @@ from lora_engine import protocol
 from lora_engine.errors import EngineError
 from lora_engine.fsio import atomic_write_text
 from registry.naming import fine_tuned_model_name
-from registry.versions import model_version_create_from_job
+from registry.services.versions import (
+    AdapterError,
+    model_version_after_registration,
+    model_version_create_from_job,
+    model_version_stage,
+)
 from tunings.models import JobEvent, TuningJob
 from tunings.services.dispatch import dispatch_pending
 from tunings.services.state import (
@@ -121,6 +126,7 @@ class JobRunner:
         self.keeper: LeaseKeeper | None = None
         self.writer = FencedWriter(job_id=job.id, token=job.fencing_token, on_lost=self._on_fenced_out)
         self.relay = LineRelay(self.writer)
+        self.started = time.monotonic()
         # Cancel handling.
         self.cancel_seen = False
         self.cancel_at = 0.0
@@ -386,14 +392,33 @@ class JobRunner:
         if d.get("eval_loss") is not None:
             fields["eval_loss"] = d["eval_loss"]
         created_dir: list[str] = []
+        versions: list[str] = []
+        # Copy and hash before taking the row lock: for full weights this takes minutes, and the
+        # lease heartbeat shares the lock.
+        try:
+            staged = model_version_stage(job=self.job, adapter_dir=adapter_dir)
+        except (AdapterError, OSError) as exc:
+            self._fail("internal_error", f"Could not store the result: {exc}")
+            return
 
         def write() -> None:
+            if created_dir:
+                # An earlier try renamed the staged copy into place, then its transaction rolled
+                # back (no row points at it): take the files back for this try.
+                os.rename(created_dir.pop(), staged.path)
             with self.writer.fenced():
                 mv = model_version_create_from_job(
                     job=self.job,
-                    adapter_dir=adapter_dir,
-                    metrics={k: d.get(k) for k in ("steps", "trained_tokens", "final_loss", "eval_loss")},
+                    staged=staged,
+                    metrics={
+                        **{k: d.get(k) for k in ("steps", "trained_tokens", "final_loss", "eval_loss")},
+                        "duration_s": round(time.monotonic() - self.started, 3),
+                    },
+                    config=self.config.to_dict(),
+                    metrics_file=self.paths.run_dir / "metrics.jsonl",
+                    device=d.get("device"),
                 )
+                versions.append(mv.id)
                 created_dir.append(mv.adapter_path)
                 if not tuning_job_succeed(job_id=self.job_id, token=self.token, fine_tuned_model=name, fields=fields):
                     raise LeaseLost(self.job_id)
@@ -413,6 +438,12 @@ class JobRunner:
             if isinstance(exc, DatabaseError):
                 raise
             self._fail("internal_error", f"Could not store the adapter: {exc}")
+            return
+        finally:
+            staged.discard()
+        # Committed: the job is done whatever follows. MLflow and the automatic evaluation are
+        # follow-ups that never fail it (registry_sync and the API can redo them).
+        model_version_after_registration(version_id=versions[-1])
 
     @staticmethod
     def _drop_dirs(dirs: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""Celery tasks: a few lines each; the logic lives in ``workers.runner`` and ``workers.sweeper``.
+"""Celery tasks: a few lines each; the logic lives in ``workers.runner``, ``workers.sweeper`` and
+the registry services (evaluations, MLflow sync).
 
 Registered under the names in ``tuninglab.task_names``: lower layers send them by name.
 """
@@ -9,7 +10,9 @@ from typing import Any
 
 from celery import shared_task
 
-from tuninglab.task_names import RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES
+from registry.evaluation.runner import comparison_run, evaluation_run
+from registry.services.mlflow_sync import registry_sync
+from tuninglab.task_names import RUN_COMPARISON, RUN_EVALUATION, RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
 from workers.runner import run_job, worker_identity
 from workers.sweeper import sweep
 
@@ -31,3 +34,21 @@ def run_tuning_job(self: Any, job_id: str) -> str | None:
 def sweep_expired_leases() -> dict[str, Any]:
     """Beat task: re-queue expired leases and re-dispatch stranded queued jobs."""
     return sweep().as_dict()
+
+
+@shared_task(name=RUN_EVALUATION, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_evaluation(evaluation_id: str) -> None:
+    """Run one queued evaluation (a duplicate message finds it claimed and does nothing)."""
+    evaluation_run(evaluation_id=evaluation_id)
+
+
+@shared_task(name=RUN_COMPARISON, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_comparison(comparison_id: str) -> None:
+    """Run one queued A/B comparison (a duplicate message finds it claimed and does nothing)."""
+    comparison_run(comparison_id=comparison_id)
+
+
+@shared_task(name=SYNC_REGISTRY, ignore_result=True)
+def sync_registry() -> None:
+    """Mirror every pending registry row to MLflow (idempotent: safe to run any number of times)."""
+    registry_sync()

@@ -30,20 +30,39 @@ from tuninglab_sdk._errors import (
 )
 from tuninglab_sdk._pagination import AsyncPager, SyncPager
 from tuninglab_sdk._version import __version__
-from tuninglab_sdk.resources.models import ChatCompletion
-from tuninglab_sdk.types import Checkpoint, FileObject, JobError, JobEvent, Model, ModelVersion, Page, TuningJob
+from tuninglab_sdk.resources.chat import ChatCompletion
+from tuninglab_sdk.types import (
+    Alias,
+    AliasEvent,
+    AliasMove,
+    Checkpoint,
+    Comparison,
+    Evaluation,
+    FileObject,
+    JobError,
+    JobEvent,
+    Model,
+    ModelVersion,
+    Page,
+    TuningJob,
+)
 
 __all__ = [
     "NOT_GIVEN",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "Alias",
+    "AliasEvent",
+    "AliasMove",
     "AsyncPager",
     "AsyncTuningLab",
     "AuthenticationError",
     "ChatCompletion",
     "Checkpoint",
+    "Comparison",
     "ConflictError",
+    "Evaluation",
     "FeatureUnavailableError",
     "FileObject",
     "InternalServerError",

@@ -73,6 +73,7 @@ class RequestOptions(TypedDict, total=False):
     timeout: TimeoutTypes | _NotGiven
     idempotency_key: str | None
     max_retries: int | None
+    text: bool
 
 
 def _normalise_base_url(base_url: str) -> str:
@@ -118,10 +119,10 @@ class _BaseClient:
         self.max_retries = max_retries
         self._default_headers = dict(default_headers or {})
 
-    def _headers(self, method: str, idempotency_key: str | None) -> dict[str, str]:
+    def _headers(self, method: str, idempotency_key: str | None, accept: str = "application/json") -> dict[str, str]:
         headers = {
             "Authorization": f"Bearer {self.api_key}",
-            "Accept": "application/json",
+            "Accept": accept,
             "User-Agent": f"tuninglab-sdk/{__version__} python-httpx/{httpx.__version__}",
             **self._default_headers,
         }
@@ -139,7 +140,9 @@ class _BaseClient:
         return f"{self.base_url}{path}"
 
     @staticmethod
-    def _decode(response: httpx.Response) -> Any:
+    def _decode(response: httpx.Response, text: bool = False) -> Any:
+        if text:
+            return response.text
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -162,13 +165,16 @@ class _BaseClient:
         timeout: TimeoutTypes | _NotGiven = NOT_GIVEN,
         idempotency_key: str | None = None,
         max_retries: int | None = None,
+        text: bool = False,
     ) -> tuple[int, Callable[[], dict[str, Any]]]:
         """Build one logical request: its retry budget and a factory of ``httpx`` request kwargs.
 
         The headers (so the Idempotency-Key) are fixed once and shared by every attempt; the
-        factory re-runs ``files`` so each attempt sends the upload from its start.
+        factory re-runs ``files`` so each attempt sends the upload from its start. ``text``
+        asks for a text answer (a Markdown report); errors still come as JSON.
         """
-        headers = self._headers(method, idempotency_key)
+        accept = "text/markdown, text/plain;q=0.9, application/json;q=0.5" if text else "application/json"
+        headers = self._headers(method, idempotency_key, accept)
         retries = self.max_retries if max_retries is None else max_retries
         params = {k: v for k, v in (params or {}).items() if v is not None}
 
@@ -272,7 +278,7 @@ class SyncAPIClient(_BaseClient):
                 self._sleep(self._transport_retry_delay(exc, attempt, retries, method, path))
                 continue
             if response.is_success:
-                return self._decode(response)
+                return self._decode(response, options.get("text", False))
             delay = self._status_retry_delay(response, attempt, retries, method, path)
             if delay is None:
                 raise make_status_error(response)
@@ -354,7 +360,7 @@ class AsyncAPIClient(_BaseClient):
                 await self._sleep(self._transport_retry_delay(exc, attempt, retries, method, path))
                 continue
             if response.is_success:
-                return self._decode(response)
+                return self._decode(response, options.get("text", False))
             delay = self._status_retry_delay(response, attempt, retries, method, path)
             if delay is None:
                 raise make_status_error(response)

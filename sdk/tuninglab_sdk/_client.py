@@ -14,8 +14,9 @@ from tuninglab_sdk._base import (
     TimeoutTypes,
     _NotGiven,
 )
+from tuninglab_sdk.resources.chat import AsyncChat, Chat
 from tuninglab_sdk.resources.files import AsyncFiles, Files
-from tuninglab_sdk.resources.models import AsyncChat, AsyncModels, Chat, Models
+from tuninglab_sdk.resources.models import AsyncModels, Models
 from tuninglab_sdk.resources.tunings import AsyncTunings, Tunings
 
 
@@ -62,7 +63,7 @@ class TuningLab(SyncAPIClient):
         )
         self.files = Files(self)
         self.tunings = Tunings(self, self.files)
-        self.models = Models(self)
+        self.models = Models(self, self.files)
         self.chat = Chat(self)
 
     def __enter__(self) -> TuningLab:
@@ -96,7 +97,7 @@ class AsyncTuningLab(AsyncAPIClient):
         )
         self.files = AsyncFiles(self)
         self.tunings = AsyncTunings(self, self.files)
-        self.models = AsyncModels(self)
+        self.models = AsyncModels(self, self.files)
         self.chat = AsyncChat(self)
 
     async def __aenter__(self) -> AsyncTuningLab:

@@ -145,7 +145,7 @@ class InternalServerError(APIStatusError):
 
 class FeatureUnavailableError(APIStatusError):
     """The server does not offer this feature yet (route missing → 404 without our error
-    body, or 501/503). The model registry and inference gateway routes are in this state
+    body, or 501/503). The inference gateway routes (chat completions) are in this state
     until the server ships them: "server support pending"."""
 
 

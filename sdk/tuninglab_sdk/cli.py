@@ -41,6 +41,15 @@ def _key_values(pairs: Sequence[str] | None, flag: str, parse: bool = True) -> d
     return out
 
 
+def _side(text: str) -> int | str:
+    """A comparison side on the command line: a version number or ``base``."""
+    if text == "base":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a version number or 'base', got {text!r}")
+    return int(text)
+
+
 def _raw(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and hasattr(obj, "raw"):
         return obj.raw
@@ -119,11 +128,41 @@ def _build_parser() -> argparse.ArgumentParser:
     events.add_argument("--poll-interval", type=float, default=2.0)
     tunings.add_parser("checkpoints", help="a job's checkpoints").add_argument("job_id")
 
-    models = groups.add_parser("models", help="models (server support pending)").add_subparsers(
+    models = groups.add_parser("models", help="the model registry: versions, aliases, evaluations").add_subparsers(
         dest="command", required=True
     )
-    models.add_parser("list", help="list models")
-    models.add_parser("versions", help="list versions of a model").add_argument("name")
+    models.add_parser("list", help="list models (base models, your models, ft: ids)")
+    models.add_parser("get", help="show one model (name or ft: id)").add_argument("model_id")
+    models.add_parser("versions", help="list versions of a model (newest first)").add_argument("name")
+    version = models.add_parser("version", help="show one version with its lineage")
+    version.add_argument("name")
+    version.add_argument("version", type=int)
+    promote = models.add_parser("promote", help="point an alias at a version (after the serving check)")
+    promote.add_argument("name")
+    promote.add_argument("--version", type=int, default=None, help="default: the newest version")
+    rollback = models.add_parser("rollback", help="move an alias back to the version it held before")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", type=int, default=None, dest="to_version", help="roll back to this version")
+    for move in (promote, rollback):
+        move.add_argument("--alias", default="production")
+        move.add_argument("--reason", default=None)
+    models.add_parser("aliases", help="a model's aliases").add_argument("name")
+    history = models.add_parser("history", help="every move of an alias (newest first)")
+    history.add_argument("name")
+    history.add_argument("--alias", default="production")
+    evaluate = models.add_parser("evaluate", help="queue an evaluation of a version on a dataset")
+    evaluate.add_argument("name")
+    evaluate.add_argument("version", type=int)
+    compare = models.add_parser("compare", help="queue an A/B comparison (a side may be 'base')")
+    compare.add_argument("name")
+    compare.add_argument("version_a", type=_side, help="a version number or 'base'")
+    compare.add_argument("version_b", type=_side, help="a version number or 'base'")
+    for run in (evaluate, compare):
+        run.add_argument("--file", required=True, help="file id or local JSONL path")
+        run.add_argument("--max-examples", type=int, default=None)
+    models.add_parser("evaluation", help="show an evaluation").add_argument("evaluation_id")
+    models.add_parser("comparison", help="show a comparison").add_argument("comparison_id")
+    models.add_parser("report", help="a comparison as Markdown").add_argument("comparison_id")
     return parser
 
 
@@ -171,6 +210,27 @@ def _wait(client: TuningLab, job_id: str, args: argparse.Namespace, out: IO[str]
     else:
         out.write(f"{job.id} {job.status} fine_tuned_model={job.fine_tuned_model}\n")
     return EXIT_OK
+
+
+def _model_call(client: TuningLab, args: argparse.Namespace) -> Any:
+    """The ``models`` commands whose answer prints as JSON."""
+    models = client.models
+    calls = {
+        "get": lambda: models.retrieve(args.model_id),
+        "version": lambda: models.version(args.name, args.version),
+        "promote": lambda: models.promote(args.name, version=args.version, alias=args.alias, reason=args.reason),
+        "rollback": lambda: models.rollback(
+            args.name, to_version=args.to_version, alias=args.alias, reason=args.reason
+        ),
+        "aliases": lambda: models.aliases(args.name),
+        "evaluate": lambda: models.evaluate(args.name, args.version, file=args.file, max_examples=args.max_examples),
+        "compare": lambda: models.compare(
+            args.name, args.version_a, args.version_b, file=args.file, max_examples=args.max_examples
+        ),
+        "evaluation": lambda: models.evaluation(args.evaluation_id),
+        "comparison": lambda: models.comparison(args.comparison_id),
+    }
+    return calls[args.command]()
 
 
 def _run(args: argparse.Namespace, client: TuningLab, out: IO[str]) -> int:
@@ -251,10 +311,24 @@ def _run(args: argparse.Namespace, client: TuningLab, out: IO[str]) -> int:
             _print_json(rows, out)
         else:
             _table(
-                [[v.id, v.version, ",".join(v.aliases), v.job_id] for v in rows],
-                ["id", "version", "aliases", "job"],
+                [[v.id, v.version, v.kind, ",".join(v.aliases), v.job_id] for v in rows],
+                ["id", "version", "kind", "aliases", "job"],
                 out,
             )
+    elif command == ("models", "history"):
+        events = client.models.alias_history(args.name, args.alias)
+        if args.json:
+            _print_json(events, out)
+        else:
+            _table(
+                [[e.created_at, e.kind, e.from_version, e.to_version, e.actor, e.reason] for e in events],
+                ["created_at", "kind", "from", "to", "actor", "reason"],
+                out,
+            )
+    elif command == ("models", "report"):
+        out.write(client.models.comparison_report(args.comparison_id))
+    elif command[0] == "models":
+        _print_json(_model_call(client, args), out)
     else:  # pragma: no cover - argparse enforces the choices
         raise AssertionError(command)
     return EXIT_OK

@@ -208,26 +208,47 @@ class Checkpoint:
 
 @dataclass
 class Model:
-    """A servable model (base model or adapter alias) — server support pending."""
+    """An OpenAI ``model``: a base model (``owned_by`` "system"), one of your registered models
+    (its name) or the ``ft:`` id of one of your jobs. ``type`` says which
+    (``base_model`` | ``registered_model`` | ``fine_tuned_model``); ``retrieve`` adds details in
+    ``raw`` (a registered model's ``latest_version`` and ``aliases``; an ``ft:`` id's ``model_version``)."""
 
     id: str
     owned_by: str | None = None
     created: int | None = None
+    type: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Model:
-        return cls(id=data["id"], owned_by=data.get("owned_by"), created=_int(data.get("created")), raw=data)
+        return cls(
+            id=data["id"],
+            owned_by=data.get("owned_by"),
+            created=_int(data.get("created")),
+            type=data.get("type"),
+            raw=data,
+        )
 
 
 @dataclass
 class ModelVersion:
-    """One registered adapter version of a model — server support pending."""
+    """Version N of a registered model: an adapter (``kind`` "adapter") or full weights, with its
+    lineage (base model and hash, files, hyperparameters, environment), metrics, the latest
+    evaluation summary and its MLflow mirror state (``mlflow``: run_id, version, synced_at, error)."""
 
     id: str
+    model: str | None = None
     version: int | None = None
+    kind: str | None = None
     aliases: list[str] = field(default_factory=list)
     job_id: str | None = None
+    base_model: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+    size_bytes: int | None = None
+    lineage: dict[str, Any] = field(default_factory=dict, repr=False)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    mlflow: dict[str, Any] = field(default_factory=dict)
     created_at: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -235,10 +256,182 @@ class ModelVersion:
     def from_dict(cls, data: dict[str, Any]) -> ModelVersion:
         return cls(
             id=data["id"],
+            model=data.get("model"),
             version=_int(data.get("version")),
+            kind=data.get("kind"),
             aliases=list(data.get("aliases") or []),
             job_id=data.get("job_id") or data.get("tuning_job"),
+            base_model=dict(data.get("base_model") or {}),
+            sha256=data.get("sha256"),
+            size_bytes=_int(data.get("size_bytes")),
+            lineage=dict(data.get("lineage") or {}),
+            metrics=dict(data.get("metrics") or {}),
+            evaluation=data.get("evaluation") or None,
+            mlflow=dict(data.get("mlflow") or {}),
             created_at=_int(data.get("created_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class Alias:
+    """A movable name (``production``, ``staging``, ...) of one version of a model."""
+
+    alias: str
+    version: int | None = None
+    updated_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Alias:
+        return cls(
+            alias=data.get("alias") or data["id"],
+            version=_int(data.get("version")),
+            updated_at=_int(data.get("updated_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class AliasEvent:
+    """One move of an alias: ``kind`` (promote | rollback), from which version to which, who and why."""
+
+    id: str
+    alias: str | None = None
+    kind: str | None = None
+    from_version: int | None = None
+    to_version: int | None = None
+    actor: str | None = None
+    reason: str = ""
+    created_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AliasEvent:
+        return cls(
+            id=str(data["id"]),
+            alias=data.get("alias"),
+            kind=data.get("kind"),
+            from_version=_int(data.get("from_version")),
+            to_version=_int(data.get("to_version")),
+            actor=data.get("actor"),
+            reason=data.get("reason") or "",
+            created_at=_int(data.get("created_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class AliasMove:
+    """The answer of ``promote`` / ``rollback``: where ``alias`` points now (``version``) and before.
+
+    ``event`` is None when the alias already pointed at that version (nothing moved).
+    """
+
+    model: str | None
+    alias: str
+    version: int | None = None
+    previous_version: int | None = None
+    event: AliasEvent | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AliasMove:
+        event = data.get("event")
+        return cls(
+            model=data.get("model"),
+            alias=data["alias"],
+            version=_int(data.get("version")),
+            previous_version=_int(data.get("previous_version")),
+            event=AliasEvent.from_dict(event) if isinstance(event, dict) else None,
+            raw=data,
+        )
+
+
+def _side(value: Any) -> int | str | None:
+    """A run's side: a version number, or ``"base"`` for the base model without an adapter."""
+    return value if isinstance(value, str) else _int(value)
+
+
+@dataclass
+class Evaluation:
+    """An evaluation of a version (or of the base model, ``version == "base"``) on a dataset.
+
+    Runs on a worker: ``status`` goes queued → running → succeeded | failed; poll
+    ``client.models.evaluation(id)``. ``metrics`` holds exact match, ROUGE-L, BLEU, chrF, loss /
+    perplexity (and the judge's score when asked); ``examples`` the per-example predictions.
+    """
+
+    id: str
+    status: str
+    model: str | None = None
+    version: int | str | None = None
+    file: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    created_at: int | None = None
+    finished_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        return cls(
+            id=data["id"],
+            status=str(data.get("status") or ""),
+            model=data.get("model"),
+            version=_side(data.get("version")),
+            file=data.get("file"),
+            metrics=dict(data.get("metrics") or {}),
+            error=data.get("error") or None,
+            created_at=_int(data.get("created_at")),
+            finished_at=_int(data.get("finished_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class Comparison:
+    """An A/B comparison of two versions (either may be ``"base"``) on a dataset.
+
+    ``table``: ``[{metric, a, b, delta}]``; ``outcomes``: ``{wins, ties, losses}`` of B against A.
+    ``client.models.comparison_report(id)`` gives the same as Markdown.
+    """
+
+    id: str
+    status: str
+    model: str | None = None
+    version_a: int | str | None = None
+    version_b: int | str | None = None
+    file: str | None = None
+    table: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    created_at: int | None = None
+    finished_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        return cls(
+            id=data["id"],
+            status=str(data.get("status") or ""),
+            model=data.get("model"),
+            version_a=_side(data.get("version_a")),
+            version_b=_side(data.get("version_b")),
+            file=data.get("file"),
+            table=list(data.get("table") or []),
+            outcomes=dict(data.get("outcomes") or {}),
+            error=data.get("error") or None,
+            created_at=_int(data.get("created_at")),
+            finished_at=_int(data.get("finished_at")),
             raw=data,
         )
 

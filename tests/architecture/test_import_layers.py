@@ -50,7 +50,7 @@ def test_it_keeps_every_contract_on_the_real_tree() -> None:
     ("module", "line", "expected"),
     [
         ("tunings/services/jobs.py", "import workers.runner", "tunings is not allowed to import workers"),
-        ("registry/versions.py", "import tunings.models", "registry is not allowed to import tunings"),
+        ("registry/services/versions.py", "import tunings.models", "registry is not allowed to import tunings"),
         ("tuninglab/errors.py", "import registry.models", "tuninglab is not allowed to import registry"),
         ("workers/sweeper.py", "import inference.apis", "workers is not allowed to import inference"),
         ("lora_engine/lora.py", "import tuninglab.env", "lora_engine is not allowed to import tuninglab"),

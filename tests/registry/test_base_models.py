@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from registry.lineage import sha256_files
 from registry.models import BaseModel
-from registry.services import safetensors_parameter_count
+from registry.services import base_models
+from registry.services.base_models import (
+    BaseModelError,
+    SafetensorsHeaderError,
+    base_model_fill_content_hash,
+    base_model_register,
+    safetensors_header,
+    safetensors_parameter_count,
+)
 from tests.helpers import FAKE_PARAMETER_COUNT, write_fake_model
 
 pytestmark = pytest.mark.django_db
@@ -174,3 +183,104 @@ def test_it_reads_only_the_header_to_count_parameters(hf_model_dir, monkeypatch)
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 16)
     with pytest.raises(ValueError, match="truncated"):
         safetensors_parameter_count(path)
+
+
+def test_it_records_a_content_hash_over_config_tokenizer_and_weights(hf_model_dir, tmp_path):
+    model = base_model_register(name="fake-llama", path=hf_model_dir)
+    files = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert model.content_hash == sha256_files(hf_model_dir, files)
+    # Files that do not change what the model computes are not hashed; a copy elsewhere hashes the same.
+    (hf_model_dir / "README.md").write_text("notes")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in files:
+        (copy / name).write_bytes((hf_model_dir / name).read_bytes())
+    assert base_model_register(name="fake-llama", path=copy).content_hash == model.content_hash
+    assert base_model_register(name="fake-llama", path=hf_model_dir).content_hash == model.content_hash
+
+
+def _flip_a_weight(root: Path) -> None:
+    data = bytearray((root / "model.safetensors").read_bytes())
+    data[-4:] = b"\x00\x00\x80\x3f"  # the last float32 becomes 1.0: same shapes, other weights
+    (root / "model.safetensors").write_bytes(bytes(data))
+
+
+def _other_chat_template(root: Path) -> None:
+    (root / "chat_template.jinja").write_text("{{ messages }}")
+
+
+def _other_vocabulary(root: Path) -> None:
+    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}}))
+
+
+def _other_config(root: Path) -> None:
+    (root / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8, "rope_theta": 1.0})
+    )
+
+
+@pytest.mark.parametrize("change", [_flip_a_weight, _other_chat_template, _other_vocabulary, _other_config])
+def test_it_changes_the_content_hash_with_weights_tokenizer_or_config(hf_model_dir, change):
+    before = base_model_register(name="fake-llama", path=hf_model_dir).content_hash
+    change(hf_model_dir)
+    after = base_model_register(name="fake-llama", path=hf_model_dir).content_hash
+    assert len(after) == 64 and after != before
+
+
+def test_it_records_the_new_hash_when_a_used_name_gets_other_bytes_of_the_same_shapes(make_job, fake_base_model):
+    make_job()  # the name is in use: shapes must stay, bytes may change (and the hash says so)
+    before = fake_base_model.content_hash
+    _flip_a_weight(Path(fake_base_model.path))
+    model = base_model_register(name="fake-llama", path=fake_base_model.path)
+    assert model.parameter_count == FAKE_PARAMETER_COUNT
+    assert model.content_hash != before
+    assert BaseModel.objects.get(name="fake-llama").content_hash == model.content_hash
+
+
+def test_it_fills_the_missing_hash_of_a_row_registered_before_hashes(hf_model_dir, monkeypatch):
+    legacy = BaseModel.objects.create(name="legacy", path=str(hf_model_dir), architecture="LlamaForCausalLM")
+    assert legacy.content_hash == ""
+    digest = base_model_fill_content_hash(base_model=legacy)
+    assert digest == legacy.content_hash == BaseModel.objects.get(name="legacy").content_hash
+    assert digest == base_model_register(name="fresh", path=hf_model_dir).content_hash
+    # A row that has its hash is not re-read.
+    monkeypatch.setattr(base_models, "base_model_inspect", lambda **_: pytest.fail("read the files again"))
+    assert base_model_fill_content_hash(base_model=BaseModel.objects.get(name="legacy")) == digest
+
+
+def test_it_refuses_to_fill_the_hash_of_a_row_whose_files_are_gone(tmp_path):
+    legacy = BaseModel.objects.create(name="gone", path=str(tmp_path / "missing"))
+    with pytest.raises(BaseModelError) as info:
+        base_model_fill_content_hash(base_model=legacy)
+    assert info.value.code == "path_not_found"
+    assert BaseModel.objects.get(name="gone").content_hash == ""
+
+
+def _header_file(path: Path, header: bytes, data: bytes = b"", declared: int | None = None) -> Path:
+    path.write_bytes((len(header) if declared is None else declared).to_bytes(8, "little") + header + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "declared", "code"),
+    [
+        (b"{}", b"", 200 * 1024 * 1024, "header_too_large"),
+        (b"{}", b"", 4096, "truncated_file"),
+        (b'{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}', b"\0" * 8, None, "truncated_file"),
+        (b"{not json", b"", None, "invalid_header"),
+        (b"[1, 2]", b"", None, "invalid_header"),
+        (b'{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}', b"\0" * 12, None, "invalid_header"),
+        (b'{"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 1]}}', b"\0", None, "invalid_header"),
+    ],
+)
+def test_it_gives_each_broken_header_a_stable_code(tmp_path, header, data, declared, code):
+    path = _header_file(tmp_path / "w.safetensors", header, data, declared)
+    with pytest.raises(SafetensorsHeaderError) as info:
+        safetensors_header(path)
+    assert info.value.code == code
+
+
+def test_it_reads_a_valid_header_without_the_metadata(tmp_path):
+    header = b'{"__metadata__": {"format": "pt"}, "w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}}'
+    path = _header_file(tmp_path / "w.safetensors", header, b"\0" * 12)
+    assert safetensors_header(path) == {"w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from registry.naming import NAME_RE, fine_tuned_model_name, owner_slug, registered_model_name
+from registry.naming import NAME_RE, default_model_name, fine_tuned_model_name, owner_slug
 
 
 class _Owner:
@@ -24,15 +24,14 @@ def test_it_spells_fine_tuned_names_like_openai() -> None:
     assert fine_tuned_model_name(_job()) == "ft:tiny-llama:alice::ftjob-1"
 
 
-def test_it_slugs_every_part_of_the_registry_name_into_the_name_pattern() -> None:
-    name = registered_model_name(_job(username="Alice.Smith@Corp", base="Llama/3.1 8B", suffix="Support Bot"))
-    assert name == "alice.smith-corp-llama-3.1-8b-support-bot"
-    assert NAME_RE.match(name)
+def test_it_names_the_registered_model_after_the_suffix_else_the_base() -> None:
+    assert default_model_name(suffix="support-bot", base_name="tiny-llama") == "support-bot"
+    assert default_model_name(suffix="", base_name="tiny-llama") == "tiny-llama-ft"
 
 
-def test_it_caps_registry_names_at_64_characters_without_a_trailing_separator() -> None:
-    name = registered_model_name(_job(username="a" * 40, base="b" * 30, suffix="c" * 30))
-    assert len(name) <= 64 and NAME_RE.match(name) and not name.endswith(("-", ".", "_"))
+def test_it_keeps_a_default_name_within_the_name_pattern_for_a_long_base() -> None:
+    name = default_model_name(suffix="", base_name="b" * 60 + ".-_x")
+    assert len(name) <= 64 and NAME_RE.match(name) and name.endswith("-ft")
 
 
 def test_it_falls_back_to_the_user_id_when_the_username_has_no_usable_character() -> None:

@@ -91,10 +91,13 @@ def test_it_exits_2_on_api_and_usage_errors(cli, capsys):
     assert usage.value.code == 2
 
 
-def test_it_reports_models_as_pending_server_support(cli, capsys):
-    code, _ = cli("models", "list")
+def test_it_lists_models_and_reports_an_unknown_one(cli, capsys):
+    code, out = cli("--json", "models", "list")
+    assert code == 0 and [m["id"] for m in json.loads(out)] == ["tiny-llama"]
+
+    code, _ = cli("models", "versions", "nope")
     assert code == 2
-    assert "server support pending" in capsys.readouterr().err
+    assert "No such model: nope." in capsys.readouterr().err
 
 
 def test_it_installs_a_working_console_script(live_server, raw_key, registered_model):

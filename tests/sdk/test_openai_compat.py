@@ -9,6 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from registry.models import ModelVersion, RegisteredModel
 from workers import inprocess
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -136,3 +137,19 @@ def test_it_makes_the_openai_packages_retry_safe_with_an_idempotency_key(
 
     assert proxy.dropped == 1 and len(proxy.matching("POST", "/v1/fine_tuning/jobs")) == 2
     assert list(JobRow.objects.values_list("id", flat=True)) == [job.id]
+
+
+def test_it_lists_and_retrieves_models_with_the_openai_package(oa, user, registered_model):
+    model = RegisteredModel.objects.create(owner=user, name="support-bot")
+    ModelVersion.objects.create(
+        registered_model=model, owner=user, version=1, base_model=registered_model, adapter_path="/tmp/unused"
+    )
+
+    listed = [(m.id, m.owned_by) for m in oa.models.list()]
+    base = oa.models.retrieve("tiny-llama")
+
+    assert listed == [("tiny-llama", "system"), ("support-bot", "alice")]
+    assert (base.id, base.object, base.owned_by) == ("tiny-llama", "model", "system")
+    assert oa.models.retrieve("support-bot").model_extra["latest_version"] == 1
+    with pytest.raises(openai.NotFoundError):
+        oa.models.retrieve("no-such-model")

@@ -225,28 +225,68 @@ def test_it_reads_base_url_and_key_from_the_environment(monkeypatch):
 
 def test_it_reports_pending_server_features_as_feature_unavailable():
     html_404 = httpx.Response(404, text="<h1>Not Found</h1>", headers={"content-type": "text/html"})
-    for call in (
-        lambda c: c.models.list(),
-        lambda c: c.models.versions("support-bot"),
-        lambda c: c.models.promote("support-bot", version=2),
-        lambda c: c.models.rollback("support-bot"),
-        lambda c: c.chat.completions.create(model="support-bot", messages=[{"role": "user", "content": "hi"}]),
-    ):
-        with pytest.raises(FeatureUnavailableError) as caught:
-            call(client_for(Script(html_404), []))
-        assert "server support pending" in str(caught.value)
-
-    # A real 404 with our error body (unknown model, once the registry exists) stays a NotFoundError.
-    with pytest.raises(NotFoundError) as caught:
-        client_for(Script(error(404, "model_not_found")), []).models.versions("nope")
-    assert not isinstance(caught.value, FeatureUnavailableError)
+    chat = [{"role": "user", "content": "hi"}]
+    with pytest.raises(FeatureUnavailableError) as caught:
+        client_for(Script(html_404), []).chat.completions.create(model="support-bot", messages=chat)
+    assert "server support pending" in str(caught.value)
 
     # 503 is retried first (a restarting gateway), then reported as unavailable.
     sleeps: list[float] = []
     script = Script(*[httpx.Response(503, text="unavailable") for _ in range(3)])
     with pytest.raises(FeatureUnavailableError):
-        client_for(script, sleeps, max_retries=2).models.list()
+        client_for(script, sleeps, max_retries=2).chat.completions.create(model="support-bot", messages=chat)
     assert len(script.requests) == 3
+
+
+def test_it_reports_registry_errors_as_plain_api_errors():
+    # The registry is served: a 404 is an unknown model (or a server too old, said plainly), never "pending".
+    html_404 = httpx.Response(404, text="<h1>Not Found</h1>", headers={"content-type": "text/html"})
+    for answer in (html_404, error(404, "model_not_found")):
+        with pytest.raises(NotFoundError) as caught:
+            client_for(Script(answer), []).models.versions("nope")
+        assert not isinstance(caught.value, FeatureUnavailableError)
+    with pytest.raises(ConflictError) as refused:
+        client_for(Script(error(409, "nothing_to_roll_back")), []).models.rollback("support-bot")
+    assert refused.value.code == "nothing_to_roll_back"
+
+
+def test_it_builds_registry_requests_with_their_bodies_and_keys():
+    move = {"object": "model.alias_move", "model": "support-bot", "alias": "production", "version": 2,
+            "previous_version": 1, "event": {"id": "7", "kind": "promote", "from_version": 1, "to_version": 2,
+                                             "actor": "alice", "reason": "better", "created_at": 1}}  # fmt: skip
+    page = {"object": "list", "data": [{"id": "mv-2", "version": 2}], "has_more": False, "last_id": "mv-2"}
+    script = Script(
+        httpx.Response(200, json=move),
+        httpx.Response(200, json=move),
+        httpx.Response(200, json=page),
+        httpx.Response(200, json={"id": "cmp-1", "status": "queued", "version_a": "base", "version_b": 2}),
+        httpx.Response(200, text="## A/B comparison", headers={"content-type": "text/markdown"}),
+    )
+    client = client_for(script, [])
+
+    moved = client.models.promote("support-bot", version=2, reason="better", idempotency_key="k-1")
+    client.models.rollback("support-bot", to_version=1, alias="staging")
+    versions = client.models.versions("support-bot")
+    comparison = client.models.compare("support-bot", "base", 2, file="file-abc", max_examples=5)
+    report = client.models.comparison_report("cmp-1")
+
+    sent = [(r.method, r.url.path, json.loads(r.content) if r.content else None) for r in script.requests]
+    assert sent == [
+        ("POST", "/v1/models/support-bot/promote", {"alias": "production", "version": 2, "reason": "better"}),
+        ("POST", "/v1/models/support-bot/rollback", {"alias": "staging", "version": 1}),
+        ("GET", "/v1/models/support-bot/versions", None),
+        ("POST", "/v1/models/support-bot/comparisons",
+         {"version_a": "base", "version_b": 2, "file": "file-abc", "max_examples": 5}),
+        ("GET", "/v1/comparisons/cmp-1/report", None),
+    ]  # fmt: skip
+    assert script.requests[0].headers["Idempotency-Key"] == "k-1"
+    assert script.requests[1].headers["Idempotency-Key"]  # every POST carries one
+    assert script.requests[2].url.params["limit"] == "100"
+    assert (moved.version, moved.previous_version, moved.event.actor, moved.event.kind) == (2, 1, "alice", "promote")
+    assert [v.version for v in versions] == [2]
+    assert (comparison.version_a, comparison.version_b) == ("base", 2)
+    assert report == "## A/B comparison"
+    assert "text/markdown" in script.requests[4].headers["Accept"]
 
 
 def test_it_streams_chat_completion_chunks():

@@ -16,7 +16,7 @@ def hf_model_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fake_base_model(db, hf_model_dir):
-    from registry.services import base_model_register
+    from registry.services.base_models import base_model_register
 
     return base_model_register(name="fake-llama", path=hf_model_dir)
 

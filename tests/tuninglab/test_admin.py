@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from registry.models import Alias, AliasEvent, BaseModel, ModelVersion
+from registry.models import Alias, AliasEvent, BaseModel, ModelVersion, RegisteredModel
 from tests.helpers import FAKE_PARAMETER_COUNT, write_fake_model
 from tuninglab.models import ApiKey, IdempotencyRecord
 from tuninglab.selectors import hash_key
@@ -37,10 +37,11 @@ def everything(make_job, user, training_file, fake_base_model):
         status=TrainingFile.Status.ERROR,
         validation_errors=[{"line": 3, "code": "invalid_json", "param": None, "message": "Line 3 is not <JSON>"}],
     )
+    line = RegisteredModel.objects.create(owner=user, name="demo")
     version = ModelVersion.objects.create(
-        owner=user, name="demo", version=1, base_model=fake_base_model, job=job, adapter_path="/tmp/a"
+        registered_model=line, owner=user, version=1, base_model=fake_base_model, job=job, adapter_path="/tmp/a"
     )
-    alias = Alias.objects.create(model_name="demo", alias="production", version=version)
+    alias = Alias.objects.create(registered_model=line, alias="production", version=version)
     AliasEvent.objects.create(alias=alias, to_version=version, actor=user, reason="first")
     key, _ = api_key_create(owner=user, name="k")
     record = IdempotencyRecord.objects.create(owner=user, key="idem-1", method="POST", path="/v1/x", request_hash="h")
@@ -85,10 +86,11 @@ def _more_of_everything(make_job, fake_base_model, owners):
             owner=owner, filename=f"f{i}.jsonl", sha256=f"{i}" * 64, bytes=1, storage_path=f"files/{i}.jsonl"
         )
         BaseModel.objects.create(name=f"base-{i}", path=f"/models/{i}")
+        line = RegisteredModel.objects.create(owner=owner, name=f"line-{i}")
         version = ModelVersion.objects.create(
-            owner=owner, name=f"line-{i}", version=1, base_model=fake_base_model, job=job, adapter_path="/tmp/a"
+            registered_model=line, owner=owner, version=1, base_model=fake_base_model, job=job, adapter_path="/tmp/a"
         )
-        alias = Alias.objects.create(model_name=f"line-{i}", alias="production", version=version)
+        alias = Alias.objects.create(registered_model=line, alias="production", version=version)
         AliasEvent.objects.create(alias=alias, to_version=version, actor=owner)
         api_key_create(owner=owner)
         IdempotencyRecord.objects.create(owner=owner, key=f"idem-{i}", method="POST", path="/v1/x", request_hash="h")

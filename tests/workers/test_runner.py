@@ -12,6 +12,7 @@ import pytest
 from django.db import OperationalError, connections
 from django.db.models import F
 
+import workers.runner
 from registry.models import ModelVersion
 from tests.helpers import wait_until
 from tunings.models import Checkpoint, JobEvent, TuningJob
@@ -86,6 +87,19 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def test_it_registers_a_full_fine_tune_as_a_full_weights_version(fake_engine, make_job, user, settings):
+    # A full fine-tune trains to the end and must register (kind "full"), not fail for lack of adapter files.
+    fake_engine([{"train": {"steps": 2}}, {"full_model": True}, {"done": True}])
+    job = make_job(user, method="full", lora_rank=8, target_modules=[], suffix="everything")
+    assert run_job(job.id, worker_id="w1", queue="cpu") == job.id
+    job.refresh_from_db()
+    assert job.status == TuningJob.Status.SUCCEEDED, job.error
+    mv = ModelVersion.objects.get(job=job)
+    assert (mv.kind, mv.name, mv.version) == ("full", "everything", 1)
+    assert (Path(mv.adapter_path) / "model.safetensors").read_bytes() == b"fake-full-weights"
+    assert mv.lineage["method"] == "full" and mv.lineage["lora"] is None
+
+
 def test_it_relays_metrics_messages_checkpoints_and_stores_the_adapter(fake_engine, make_job, user, settings):
     fake_engine(
         [
@@ -126,8 +140,9 @@ def test_it_relays_metrics_messages_checkpoints_and_stores_the_adapter(fake_engi
     assert list(Checkpoint.objects.filter(job=job).values_list("step", flat=True)) == [2]
 
     mv = ModelVersion.objects.get(job=job)
-    assert (mv.name, mv.version) == ("alice-tiny-llama-demo", 1)
-    assert Path(mv.adapter_path) == Path(settings.DATA_DIR) / "adapters" / "alice-tiny-llama-demo" / "v1"
+    # The job's suffix names the owner's registered model; directories are per owner id.
+    assert (mv.name, mv.version, mv.owner_id) == ("demo", 1, user.id)
+    assert Path(mv.adapter_path) == Path(settings.DATA_DIR) / "adapters" / str(user.id) / "demo" / "v1"
     assert (Path(mv.adapter_path) / "adapter_model.safetensors").read_bytes() == b"fake-weights"
     assert mv.metrics["final_loss"] == 0.5
 
@@ -321,3 +336,28 @@ def test_it_fails_the_job_and_stays_healthy_when_the_worker_itself_breaks(fake_e
     assert run_job(good.id, worker_id="w1", queue="cpu") == good.id
     good.refresh_from_db()
     assert good.status == TuningJob.Status.SUCCEEDED
+
+
+def test_it_retries_a_failed_success_write_with_the_same_files(fake_engine, make_job, user, settings, monkeypatch):
+    # The first commit of the success fails after the version dir was renamed into place: the
+    # retry must take the files back, register exactly one version, and leave no staging copy.
+    real_succeed = workers.runner.tuning_job_succeed
+    calls = {"n": 0}
+
+    def flaky_succeed(**kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("database is locked")
+        return real_succeed(**kwargs)
+
+    monkeypatch.setattr(workers.runner, "tuning_job_succeed", flaky_succeed)
+    fake_engine([{"train": {"steps": 2}}, {"adapter": True}, {"done": True}])
+    job = make_job(user, suffix="retry")
+    run_job(job.id, worker_id="w1", queue="cpu")
+    job.refresh_from_db()
+    assert job.status == TuningJob.Status.SUCCEEDED, job.error
+    assert calls["n"] == 2
+    mv = ModelVersion.objects.get(job=job)
+    assert (Path(mv.adapter_path) / "adapter_model.safetensors").read_bytes() == b"fake-weights"
+    root = Path(mv.adapter_path).parent
+    assert sorted(p.name for p in root.iterdir()) == ["v1"]  # no staging or orphan dirs

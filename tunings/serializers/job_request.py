@@ -18,6 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from registry.naming import NAME_RE
 from tuninglab.errors import InvalidRequestError
 from tunings.hyperparameters import is_int, validate_hyperparameters, validate_lora
 from tunings.models import TuningJob
@@ -42,6 +43,7 @@ KNOWN_FIELDS = {
     "hyperparameters",
     "method",
     "suffix",
+    "model_name",
     "seed",
     "metadata",
     "integrations",
@@ -64,6 +66,8 @@ class JobSpec:
     lora: dict[str, Any]
     seed: int
     suffix: str
+    model_name: str
+    """Registered model the result becomes a version of; "" means: the suffix, else ``<base>-ft``."""
     metadata: dict[str, str]
     priority: int
     resources: dict[str, Any]
@@ -219,6 +223,17 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
     else:
         suffix = suffix.lower()
 
+    model_name = payload.get("model_name")
+    if model_name is None:
+        model_name = ""
+    elif not isinstance(model_name, str) or not NAME_RE.match(model_name):
+        raise _bad(
+            "model_name must be 1..64 characters: lowercase letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit.",
+            "model_name",
+            suggestion="e.g. 'support-bot'. Versions of one name (yours only) count up: v1, v2, ...",
+        )
+
     integrations = payload.get("integrations")
     if integrations not in (None, []):
         raise _bad("integrations are not supported yet; pass [] or omit it.", "integrations", code="unsupported")
@@ -239,6 +254,7 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
         lora=lora,
         seed=seed,
         suffix=suffix,
+        model_name=model_name,
         metadata=_validate_metadata(payload.get("metadata")),
         priority=priority,
         resources=_validate_resources(payload.get("resources")),

@@ -61,6 +61,7 @@ def job_to_dict(job: TuningJob, *, queue_info: QueueInfo) -> dict[str, Any]:
         "error": job.error or None,
         "seed": job.seed,
         "suffix": job.suffix or None,
+        "model_name": job.model_name or None,
         "user_provided_suffix": job.suffix or None,
         "metadata": job.metadata or {},
         "estimated_finish": _estimated_finish(job),

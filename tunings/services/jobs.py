@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from registry.models import BaseModel
+from registry.naming import default_model_name
 from tuninglab.errors import IdempotencyError, InvalidRequestError, NotFoundError
 from tunings.hyperparameters import resolve_hyperparameters
 from tunings.models import TrainingFile, TuningJob
@@ -113,6 +114,7 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
                     target_modules=spec.lora["target_modules"],
                     seed=spec.seed,
                     suffix=spec.suffix,
+                    model_name=spec.model_name or default_model_name(suffix=spec.suffix, base_name=base_model.name),
                     metadata=spec.metadata,
                     idempotency_key=idempotency_key,
                     priority=spec.priority,

@@ -34,6 +34,7 @@ _COPIED_FIELDS = (
     "target_modules",
     "seed",
     "suffix",
+    "model_name",
     "metadata",
     "priority",
     "resources",

@@ -2,7 +2,7 @@
 
 Validates the local Hugging Face model directory (config, tokenizer, safetensors weights)
 before anything is written, and re-points NAME when it already exists (see
-``registry.services.base_model_register``).
+``registry.services.base_models.base_model_register``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from registry.models import BaseModel
-from registry.services import base_model_register
+from registry.services.base_models import base_model_register
 from tuninglab.errors import ApiError
 
 

@@ -1,79 +1,83 @@
-"""``client.models`` and ``client.chat.completions`` — **server support pending**.
+"""``client.models``: the model registry.
 
-The model registry and the inference gateway ship in a later server release. These methods
-call their documented routes already (``GET /v1/models``, ``GET /v1/models/{name}/versions``,
-``POST /v1/models/{name}/promote|rollback``, ``POST /v1/chat/completions``); against a server
-without them they raise :class:`FeatureUnavailableError` instead of a confusing 404.
+The OpenAI model list and model, a registered model's versions, aliases and alias history,
+``promote`` / ``rollback``, evaluations and A/B comparisons (``/v1/models...``,
+``/v1/evaluations/{id}``, ``/v1/comparisons/{id}[/report]``).
+
+Each call is described once, without I/O (a :class:`_Call`: method, path, body, how to parse
+the answer); ``Models`` and ``AsyncModels`` only send it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 from tuninglab_sdk._base import NOT_GIVEN, TimeoutTypes
-from tuninglab_sdk._errors import APIStatusError, FeatureUnavailableError
-from tuninglab_sdk.types import Model, ModelVersion
+from tuninglab_sdk._upload import FileInput, looks_like_file_id
+from tuninglab_sdk.types import (
+    Alias,
+    AliasEvent,
+    AliasMove,
+    Comparison,
+    Evaluation,
+    FileObject,
+    Model,
+    ModelVersion,
+    Page,
+)
 
 if TYPE_CHECKING:
     from tuninglab_sdk._base import AsyncAPIClient, SyncAPIClient
+    from tuninglab_sdk.resources.files import AsyncFiles, Files
 
 MODELS_PATH = "/v1/models"
-CHAT_PATH = "/v1/chat/completions"
+EVALUATIONS_PATH = "/v1/evaluations"
+COMPARISONS_PATH = "/v1/comparisons"
+DEFAULT_ALIAS = "production"
+# The largest page the server gives: versions and alias history are read whole, in few requests.
+PAGE_SIZE = 100
+BASE = "base"
 
 T = TypeVar("T")
+DatasetInput = FileInput | FileObject | str
 
 
-def _is_pending(exc: APIStatusError) -> bool:
-    """A missing route: 404 without our JSON error envelope (Django's default page), or 501/503."""
-    if exc.status in (501, 503):
-        return True
-    return exc.status == 404 and not (isinstance(exc.body, dict) and isinstance(exc.body.get("error"), dict))
+@dataclass(frozen=True)
+class _Call:
+    """One registry request: what to send and how to read the answer (``text``: not JSON)."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], Any]
+    json: Any = None
+    params: Mapping[str, Any] | None = None
+    timeout: TimeoutTypes = NOT_GIVEN
+    idempotency_key: str | None = None
+    text: bool = False
+
+    def options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"timeout": self.timeout}
+        if self.json is not None:
+            options["json"] = self.json
+        if self.params:
+            options["params"] = self.params
+        if self.idempotency_key:
+            options["idempotency_key"] = self.idempotency_key
+        if self.text:
+            options["text"] = True
+        return options
 
 
-def _pending_error(exc: APIStatusError, feature: str) -> FeatureUnavailableError:
-    return FeatureUnavailableError(
-        f"{feature} is not available on this server yet (HTTP {exc.status}): server support pending. "
-        "Upgrade the server, or check that the inference gateway / registry is enabled.",
-        status=exc.status,
-        code=exc.code or "feature_unavailable",
-        param=exc.param,
-        type=exc.type,
-        suggestion=exc.suggestion,
-        body=exc.body,
-        response=exc.response,
-    )
+def _segment(value: str | int) -> str:
+    """A path segment (``ft:`` ids keep their colons; a slash could never be part of a name)."""
+    return quote(str(value), safe=":")
 
 
-def _unavailable(exc: APIStatusError, feature: str) -> FeatureUnavailableError | None:
-    """The error to raise instead of ``exc`` when its route is missing; None to re-raise ``exc``."""
-    if isinstance(exc, FeatureUnavailableError) or not _is_pending(exc):
-        return None
-    return _pending_error(exc, feature)
-
-
-@contextmanager
-def _feature(name: str) -> Iterator[None]:
-    try:
-        yield
-    except APIStatusError as exc:
-        unavailable = _unavailable(exc, name)
-        if unavailable is None:
-            raise
-        raise unavailable from exc
-
-
-@asynccontextmanager
-async def _afeature(name: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except APIStatusError as exc:
-        unavailable = _unavailable(exc, name)
-        if unavailable is None:
-            raise
-        raise unavailable from exc
+def _model_path(name: str, *parts: str | int) -> str:
+    return "/".join([MODELS_PATH, _segment(name), *(_segment(p) for p in parts)])
 
 
 def _rows(body: Any, parse: Callable[[dict[str, Any]], T]) -> list[T]:
@@ -81,7 +85,26 @@ def _rows(body: Any, parse: Callable[[dict[str, Any]], T]) -> list[T]:
     return [parse(row) for row in (body or {}).get("data") or []]
 
 
-def _promote_body(version: str | int | None, alias: str, reason: str | None) -> dict[str, Any]:
+def _page(parse: Callable[[dict[str, Any]], T]) -> Callable[[Any], Page[T]]:
+    def read(body: Any) -> Page[T]:
+        body = body or {}
+        return Page(
+            data=_rows(body, parse),
+            has_more=bool(body.get("has_more")),
+            first_id=body.get("first_id"),
+            last_id=body.get("last_id"),
+            raw=body,
+        )
+
+    return read
+
+
+def _list_call(path: str, parse: Callable[[dict[str, Any]], T], timeout: TimeoutTypes, after: str | None) -> _Call:
+    """One page of a paginated registry list (the caller walks ``last_id`` while ``has_more``)."""
+    return _Call("GET", path, _page(parse), params={"limit": PAGE_SIZE, "after": after}, timeout=timeout)
+
+
+def _move_body(version: int | str | None, alias: str, reason: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {"alias": alias}
     if version is not None:
         body["version"] = version
@@ -90,215 +113,362 @@ def _promote_body(version: str | int | None, alias: str, reason: str | None) -> 
     return body
 
 
-# promote and rollback are one operation, moving an alias: (route action, feature name for errors).
-_PROMOTE = ("promote", "Model promotion")
-_ROLLBACK = ("rollback", "Model rollback")
+def _run_body(file_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"file": file_id, **{k: v for k, v in options.items() if v is not None}}
+
+
+def _side(version: int | str) -> int | str:
+    """``"base"`` (the base model without an adapter) or a version number."""
+    return BASE if version == BASE else int(version)
+
+
+class _Calls:
+    """Every registry request ``Models`` and ``AsyncModels`` make, built once here."""
+
+    @staticmethod
+    def list(timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", MODELS_PATH, lambda body: _rows(body, Model.from_dict), timeout=timeout)
+
+    @staticmethod
+    def retrieve(model_id: str, timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", f"{MODELS_PATH}/{_segment(model_id)}", Model.from_dict, timeout=timeout)
+
+    @staticmethod
+    def versions(name: str, timeout: TimeoutTypes, after: str | None) -> _Call:
+        return _list_call(_model_path(name, "versions"), ModelVersion.from_dict, timeout, after)
+
+    @staticmethod
+    def version(name: str, version: int, timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", _model_path(name, "versions", int(version)), ModelVersion.from_dict, timeout=timeout)
+
+    @staticmethod
+    def move(
+        action: str,
+        name: str,
+        version: int | str | None,
+        alias: str,
+        reason: str | None,
+        timeout: TimeoutTypes,
+        idempotency_key: str | None,
+    ) -> _Call:
+        return _Call(
+            "POST",
+            _model_path(name, action),
+            AliasMove.from_dict,
+            json=_move_body(version, alias, reason),
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+        )
+
+    @staticmethod
+    def aliases(name: str, timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", _model_path(name, "aliases"), lambda body: _rows(body, Alias.from_dict), timeout=timeout)
+
+    @staticmethod
+    def alias_history(name: str, alias: str, timeout: TimeoutTypes, after: str | None) -> _Call:
+        return _list_call(_model_path(name, "aliases", alias, "history"), AliasEvent.from_dict, timeout, after)
+
+    @staticmethod
+    def evaluate(
+        name: str, version: int, file_id: str, options: Mapping[str, Any], timeout: TimeoutTypes, key: str | None
+    ) -> _Call:
+        return _Call(
+            "POST",
+            _model_path(name, "versions", int(version), "evaluations"),
+            Evaluation.from_dict,
+            json=_run_body(file_id, options),
+            timeout=timeout,
+            idempotency_key=key,
+        )
+
+    @staticmethod
+    def compare(
+        name: str,
+        a: int | str,
+        b: int | str,
+        file_id: str,
+        options: Mapping[str, Any],
+        timeout: TimeoutTypes,
+        key: str | None,
+    ) -> _Call:
+        body = {"version_a": _side(a), "version_b": _side(b), **_run_body(file_id, options)}
+        return _Call(
+            "POST",
+            _model_path(name, "comparisons"),
+            Comparison.from_dict,
+            json=body,
+            timeout=timeout,
+            idempotency_key=key,
+        )
+
+    @staticmethod
+    def evaluation(evaluation_id: str, timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", f"{EVALUATIONS_PATH}/{_segment(evaluation_id)}", Evaluation.from_dict, timeout=timeout)
+
+    @staticmethod
+    def comparison(comparison_id: str, timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", f"{COMPARISONS_PATH}/{_segment(comparison_id)}", Comparison.from_dict, timeout=timeout)
+
+    @staticmethod
+    def comparison_report(comparison_id: str, timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", f"{COMPARISONS_PATH}/{_segment(comparison_id)}/report", str, timeout=timeout, text=True)
+
+
+def _more(page: Page[Any]) -> str | None:
+    """The cursor of the next page, or None when this was the last (or a buggy empty) page."""
+    return page.last_id if page.has_more and page.data and page.last_id else None
+
+
+def _dataset(file: DatasetInput) -> str | None:
+    """The file id when ``file`` already names an uploaded file; None when it must be uploaded."""
+    if isinstance(file, FileObject):
+        return file.id
+    return str(file) if looks_like_file_id(file) else None
 
 
 class Models:
-    """Registry operations (server support pending)."""
+    """The model registry: models, versions, aliases (promote / rollback), evaluations, comparisons."""
 
-    def __init__(self, client: SyncAPIClient) -> None:
+    def __init__(self, client: SyncAPIClient, files: Files) -> None:
         self._client = client
+        self._files = files
+
+    def _send(self, call: _Call) -> Any:
+        return call.parse(self._client._request(call.method, call.path, **call.options()))
+
+    def _all(self, page_call: Callable[[str | None], _Call]) -> list[Any]:
+        rows: list[Any] = []
+        after: str | None = None
+        while True:
+            page = self._send(page_call(after))
+            rows.extend(page.data)
+            after = _more(page)
+            if after is None:
+                return rows
+
+    def _file_id(self, file: DatasetInput, timeout: TimeoutTypes) -> str:
+        file_id = _dataset(file)
+        if file_id is None:
+            file_id = self._files.upload(file, timeout=timeout).id
+        return file_id
 
     def list(self, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[Model]:
-        """Models you can call: base models and adapter aliases (``GET /v1/models``)."""
-        with _feature("The model list"):
-            body = self._client._request("GET", MODELS_PATH, timeout=timeout)
-        return _rows(body, Model.from_dict)
+        """Models you can use: every base model, your registered models and your ``ft:`` ids."""
+        return self._send(_Calls.list(timeout))
+
+    def retrieve(self, model_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Model:
+        """One model by id: a base model's name, your registered model's name, or an ``ft:`` id."""
+        return self._send(_Calls.retrieve(model_id, timeout))
+
+    get = retrieve
 
     def versions(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[ModelVersion]:
-        """Registered adapter versions of ``name``, newest first."""
-        with _feature("The model registry"):
-            body = self._client._request("GET", f"{MODELS_PATH}/{name}/versions", timeout=timeout)
-        return _rows(body, ModelVersion.from_dict)
+        """Every version of your model ``name``, newest first."""
+        return self._all(lambda after: _Calls.versions(name, timeout, after))
+
+    def version(self, name: str, version: int, *, timeout: TimeoutTypes = NOT_GIVEN) -> ModelVersion:
+        """Version ``version`` of ``name`` with its lineage, metrics and evaluation summary."""
+        return self._send(_Calls.version(name, version, timeout))
 
     def promote(
         self,
         name: str,
         *,
-        version: str | int | None = None,
-        alias: str = "production",
+        version: int | None = None,
+        alias: str = DEFAULT_ALIAS,
         reason: str | None = None,
+        idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
-    ) -> dict[str, Any]:
-        """Point ``alias`` of ``name`` at ``version`` (default: the newest); returns the server's answer."""
-        return self._move_alias(_PROMOTE, name, version, alias, reason, timeout)
+    ) -> AliasMove:
+        """Point ``alias`` of ``name`` at ``version`` (default: the newest), after the serving check.
+
+        Raises:
+            ConflictError: ``version_not_servable`` (every reason in ``body["error"]["details"]``).
+        """
+        return self._send(_Calls.move("promote", name, version, alias, reason, timeout, idempotency_key))
 
     def rollback(
         self,
         name: str,
         *,
-        to_version: str | int | None = None,
-        alias: str = "production",
+        to_version: int | None = None,
+        alias: str = DEFAULT_ALIAS,
         reason: str | None = None,
+        idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
-    ) -> dict[str, Any]:
-        """Move ``alias`` back to the previous version (or ``to_version``); returns the server's answer."""
-        return self._move_alias(_ROLLBACK, name, to_version, alias, reason, timeout)
+    ) -> AliasMove:
+        """Move ``alias`` back to the version it held before (again: further back), or to ``to_version``.
 
-    def _move_alias(
+        Raises:
+            ConflictError: ``nothing_to_roll_back`` or ``version_not_servable``.
+        """
+        return self._send(_Calls.move("rollback", name, to_version, alias, reason, timeout, idempotency_key))
+
+    def aliases(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[Alias]:
+        """The aliases of ``name`` and the versions they point at."""
+        return self._send(_Calls.aliases(name, timeout))
+
+    def alias_history(
+        self, name: str, alias: str = DEFAULT_ALIAS, *, timeout: TimeoutTypes = NOT_GIVEN
+    ) -> list[AliasEvent]:
+        """Every move of ``alias``, newest first."""
+        return self._all(lambda after: _Calls.alias_history(name, alias, timeout, after))
+
+    def evaluate(
         self,
-        op: tuple[str, str],
         name: str,
-        version: str | int | None,
-        alias: str,
-        reason: str | None,
-        timeout: TimeoutTypes,
-    ) -> dict[str, Any]:
-        action, feature = op
-        with _feature(feature):
-            return self._client._request(
-                "POST", f"{MODELS_PATH}/{name}/{action}", json=_promote_body(version, alias, reason), timeout=timeout
-            )
+        version: int,
+        *,
+        file: DatasetInput,
+        max_examples: int | None = None,
+        judge: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        timeout: TimeoutTypes = NOT_GIVEN,
+    ) -> Evaluation:
+        """Queue an evaluation of ``name`` v``version`` on a dataset (file id, ``FileObject`` or local path).
+
+        Returns the queued evaluation; poll :meth:`evaluation` until ``is_terminal``.
+        """
+        file_id = self._file_id(file, timeout)
+        options = {"max_examples": max_examples, "judge": dict(judge) if judge else None}
+        return self._send(_Calls.evaluate(name, version, file_id, options, timeout, idempotency_key))
+
+    def compare(
+        self,
+        name: str,
+        version_a: int | str,
+        version_b: int | str,
+        *,
+        file: DatasetInput,
+        max_examples: int | None = None,
+        judge: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        timeout: TimeoutTypes = NOT_GIVEN,
+    ) -> Comparison:
+        """Queue an A/B comparison of two versions of ``name`` (either may be ``"base"``) on a dataset."""
+        file_id = self._file_id(file, timeout)
+        options = {"max_examples": max_examples, "judge": dict(judge) if judge else None}
+        return self._send(_Calls.compare(name, version_a, version_b, file_id, options, timeout, idempotency_key))
+
+    def evaluation(self, evaluation_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Evaluation:
+        return self._send(_Calls.evaluation(evaluation_id, timeout))
+
+    def comparison(self, comparison_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Comparison:
+        return self._send(_Calls.comparison(comparison_id, timeout))
+
+    def comparison_report(self, comparison_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> str:
+        """The comparison as a Markdown document (metric table, win/tie/loss, examples)."""
+        return self._send(_Calls.comparison_report(comparison_id, timeout))
 
 
 class AsyncModels:
-    def __init__(self, client: AsyncAPIClient) -> None:
+    """The asyncio twin of :class:`Models` (same methods, as coroutines)."""
+
+    def __init__(self, client: AsyncAPIClient, files: AsyncFiles) -> None:
         self._client = client
+        self._files = files
+
+    async def _send(self, call: _Call) -> Any:
+        return call.parse(await self._client._request(call.method, call.path, **call.options()))
+
+    async def _all(self, page_call: Callable[[str | None], _Call]) -> list[Any]:
+        rows: list[Any] = []
+        after: str | None = None
+        while True:
+            page = await self._send(page_call(after))
+            rows.extend(page.data)
+            after = _more(page)
+            if after is None:
+                return rows
+
+    async def _file_id(self, file: DatasetInput, timeout: TimeoutTypes) -> str:
+        file_id = _dataset(file)
+        if file_id is None:
+            file_id = (await self._files.upload(file, timeout=timeout)).id
+        return file_id
 
     async def list(self, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[Model]:
-        async with _afeature("The model list"):
-            body = await self._client._request("GET", MODELS_PATH, timeout=timeout)
-        return _rows(body, Model.from_dict)
+        return await self._send(_Calls.list(timeout))
+
+    async def retrieve(self, model_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Model:
+        return await self._send(_Calls.retrieve(model_id, timeout))
+
+    get = retrieve
 
     async def versions(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[ModelVersion]:
-        async with _afeature("The model registry"):
-            body = await self._client._request("GET", f"{MODELS_PATH}/{name}/versions", timeout=timeout)
-        return _rows(body, ModelVersion.from_dict)
+        return await self._all(lambda after: _Calls.versions(name, timeout, after))
+
+    async def version(self, name: str, version: int, *, timeout: TimeoutTypes = NOT_GIVEN) -> ModelVersion:
+        return await self._send(_Calls.version(name, version, timeout))
 
     async def promote(
         self,
         name: str,
         *,
-        version: str | int | None = None,
-        alias: str = "production",
+        version: int | None = None,
+        alias: str = DEFAULT_ALIAS,
         reason: str | None = None,
+        idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
-    ) -> dict[str, Any]:
-        return await self._move_alias(_PROMOTE, name, version, alias, reason, timeout)
+    ) -> AliasMove:
+        return await self._send(_Calls.move("promote", name, version, alias, reason, timeout, idempotency_key))
 
     async def rollback(
         self,
         name: str,
         *,
-        to_version: str | int | None = None,
-        alias: str = "production",
+        to_version: int | None = None,
+        alias: str = DEFAULT_ALIAS,
         reason: str | None = None,
+        idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
-    ) -> dict[str, Any]:
-        return await self._move_alias(_ROLLBACK, name, to_version, alias, reason, timeout)
+    ) -> AliasMove:
+        return await self._send(_Calls.move("rollback", name, to_version, alias, reason, timeout, idempotency_key))
 
-    async def _move_alias(
+    async def aliases(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[Alias]:
+        return await self._send(_Calls.aliases(name, timeout))
+
+    async def alias_history(
+        self, name: str, alias: str = DEFAULT_ALIAS, *, timeout: TimeoutTypes = NOT_GIVEN
+    ) -> list[AliasEvent]:
+        return await self._all(lambda after: _Calls.alias_history(name, alias, timeout, after))
+
+    async def evaluate(
         self,
-        op: tuple[str, str],
         name: str,
-        version: str | int | None,
-        alias: str,
-        reason: str | None,
-        timeout: TimeoutTypes,
-    ) -> dict[str, Any]:
-        action, feature = op
-        async with _afeature(feature):
-            return await self._client._request(
-                "POST", f"{MODELS_PATH}/{name}/{action}", json=_promote_body(version, alias, reason), timeout=timeout
-            )
-
-
-@dataclass
-class ChatCompletion:
-    """An OpenAI ``chat.completion``; ``content`` is the first choice's text."""
-
-    id: str
-    model: str | None
-    choices: list[dict[str, Any]] = field(default_factory=list)
-    usage: dict[str, Any] | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def content(self) -> str | None:
-        if not self.choices:
-            return None
-        return (self.choices[0].get("message") or {}).get("content")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChatCompletion:
-        return cls(
-            id=data.get("id", ""),
-            model=data.get("model"),
-            choices=list(data.get("choices") or []),
-            usage=data.get("usage"),
-            raw=data,
-        )
-
-
-def _chat_body(model: str, messages: Sequence[Mapping[str, Any]], stream: bool, extra: dict[str, Any]) -> dict:
-    body: dict[str, Any] = {"model": model, "messages": [dict(m) for m in messages], **extra}
-    if stream:
-        body["stream"] = True
-    return body
-
-
-class Completions:
-    def __init__(self, client: SyncAPIClient) -> None:
-        self._client = client
-
-    def create(
-        self,
+        version: int,
         *,
-        model: str,
-        messages: Sequence[Mapping[str, Any]],
-        stream: bool = False,
+        file: DatasetInput,
+        max_examples: int | None = None,
+        judge: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
-        **params: Any,
-    ) -> ChatCompletion | Iterator[dict[str, Any]]:
-        """Chat with a base model or an adapter (its public name as ``model``).
+    ) -> Evaluation:
+        file_id = await self._file_id(file, timeout)
+        options = {"max_examples": max_examples, "judge": dict(judge) if judge else None}
+        return await self._send(_Calls.evaluate(name, version, file_id, options, timeout, idempotency_key))
 
-        ``stream=True`` returns an iterator of ``chat.completion.chunk`` dicts (not retried).
-        Other keyword arguments (``temperature``, ``max_tokens``, ...) are sent as is.
-        """
-        body = _chat_body(model, messages, stream, params)
-        if stream:
-            return self._stream(body, timeout)
-        with _feature("The inference gateway"):
-            return ChatCompletion.from_dict(self._client._request("POST", CHAT_PATH, json=body, timeout=timeout))
-
-    def _stream(self, body: dict[str, Any], timeout: TimeoutTypes) -> Iterator[dict[str, Any]]:
-        with _feature("The inference gateway"):
-            yield from self._client._stream_sse(CHAT_PATH, json=body, timeout=timeout)
-
-
-class AsyncCompletions:
-    def __init__(self, client: AsyncAPIClient) -> None:
-        self._client = client
-
-    async def create(
+    async def compare(
         self,
+        name: str,
+        version_a: int | str,
+        version_b: int | str,
         *,
-        model: str,
-        messages: Sequence[Mapping[str, Any]],
-        stream: bool = False,
+        file: DatasetInput,
+        max_examples: int | None = None,
+        judge: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
-        **params: Any,
-    ) -> ChatCompletion | AsyncIterator[dict[str, Any]]:
-        body = _chat_body(model, messages, stream, params)
-        if stream:
-            return self._stream(body, timeout)
-        async with _afeature("The inference gateway"):
-            body = await self._client._request("POST", CHAT_PATH, json=body, timeout=timeout)
-        return ChatCompletion.from_dict(body)
+    ) -> Comparison:
+        file_id = await self._file_id(file, timeout)
+        options = {"max_examples": max_examples, "judge": dict(judge) if judge else None}
+        return await self._send(_Calls.compare(name, version_a, version_b, file_id, options, timeout, idempotency_key))
 
-    async def _stream(self, body: dict[str, Any], timeout: TimeoutTypes) -> AsyncIterator[dict[str, Any]]:
-        async with _afeature("The inference gateway"):
-            async for chunk in self._client._stream_sse(CHAT_PATH, json=body, timeout=timeout):
-                yield chunk
+    async def evaluation(self, evaluation_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Evaluation:
+        return await self._send(_Calls.evaluation(evaluation_id, timeout))
 
+    async def comparison(self, comparison_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Comparison:
+        return await self._send(_Calls.comparison(comparison_id, timeout))
 
-class Chat:
-    def __init__(self, client: SyncAPIClient) -> None:
-        self.completions = Completions(client)
-
-
-class AsyncChat:
-    def __init__(self, client: AsyncAPIClient) -> None:
-        self.completions = AsyncCompletions(client)
+    async def comparison_report(self, comparison_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> str:
+        return await self._send(_Calls.comparison_report(comparison_id, timeout))

@@ -291,6 +291,21 @@ def test_it_names_the_fine_tuned_model_like_openai(create_job):
     assert fine_tuned_model_name(plain) == f"ft:tiny-llama:alice::{plain.id}"
 
 
+def test_it_names_the_registered_model_from_model_name_else_suffix_else_base(create_job):
+    assert create_job(model_name="support-bot", suffix="v2")["model_name"] == "support-bot"
+    assert create_job(suffix="helpdesk")["model_name"] == "helpdesk"
+    assert create_job()["model_name"] == "tiny-llama-ft"
+    assert TuningJob.objects.filter(model_name="support-bot").count() == 1
+
+
+@pytest.mark.parametrize("bad", ["Support Bot", "a/b", "-x", "x" * 65, 7])
+def test_it_rejects_a_model_name_outside_the_name_pattern(api_client, job_body, dispatched, bad):
+    response = post(api_client, {**job_body, "model_name": bad})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model_name"
+    assert TuningJob.objects.count() == 0
+
+
 def test_it_stores_engine_knobs_only_when_given(create_job):
     plain = TuningJob.objects.get(id=create_job()["id"])
     resolved = set(plain.resolved_hyperparameters)

@@ -9,7 +9,8 @@
                              metrics per step; at a step boundary, if the config's stop_file
                              exists (or SIGTERM came): checkpoint, "stopped" line, exit 3
   {"adapter": true}          write output_dir/adapter/{adapter_config.json, adapter_model.safetensors}
-  {"done": true}             print a "done" line for the adapter dir
+  {"full_model": true}       write output_dir/model/{config.json, model.safetensors} (a full fine-tune)
+  {"done": true}             print a "done" line for the model dir if one was written, else the adapter dir
   {"kill_self": signum}
   {"exit": code}
 The child's pid is written to ``output_dir/../fake.pid``.
@@ -89,11 +90,18 @@ for action in script:
             json.dump({"r": cfg["rank"], "lora_alpha": cfg["alpha"]}, fh)
         with open(os.path.join(out, "adapter", "adapter_model.safetensors"), "wb") as fh:
             fh.write(b"fake-weights")
+    elif "full_model" in action:
+        os.makedirs(os.path.join(out, "model"), exist_ok=True)
+        with open(os.path.join(out, "model", "config.json"), "w") as fh:
+            json.dump({"model_type": "llama"}, fh)
+        with open(os.path.join(out, "model", "model.safetensors"), "wb") as fh:
+            fh.write(b"fake-full-weights")
     elif "done" in action:
+        result = "model" if os.path.isdir(os.path.join(out, "model")) else "adapter"
         emit(
             {
                 "type": "done",
-                "adapter_dir": os.path.join(out, "adapter"),
+                "adapter_dir": os.path.join(out, result),
                 "steps": 3,
                 "trained_tokens": 30,
                 "final_loss": 0.5,

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lora_engine.adapter_io import load_adapter
 from lora_engine.fsio import atomic_dir
 from lora_engine.tiny_model import ASSETS_DIR, build_tiny_model
-from registry.services import base_model_register
+from registry.services.base_models import base_model_register
 from tuninglab.services import api_key_create, user_get_or_create
 from tunings.models import TuningJob
 from tunings.serializers.job_request import job_spec_from_payload

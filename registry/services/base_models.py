@@ -6,6 +6,10 @@ training job an hour later: config, tokenizer and safetensors weights must be pr
 and readable. The parameter count comes from the safetensors headers (an 8-byte length +
 a JSON table of dtypes and shapes), so registering a 70B model reads kilobytes, not
 140 GB.
+
+The *content hash* (sha256 over config.json, the tokenizer files and every weight file) is
+what ties an adapter to the exact weights it was trained on: a name can be re-pointed, a
+hash cannot. It is the one full read of the weights, done once at registration.
 """
 
 from __future__ import annotations
@@ -18,12 +22,45 @@ from pathlib import Path
 
 from django.db import transaction
 
+from registry.lineage import sha256_files
 from registry.models import BaseModel
 from registry.naming import NAME_RE
 from tuninglab.errors import ConflictError, InvalidRequestError
 
 # A safetensors header is JSON describing tensors; real ones are well under a few MB.
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# Bytes per element of the safetensors dtypes, to check a tensor's byte range against its shape.
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+}
+# Files besides the weights that decide what a base model computes: its config and everything a
+# tokenizer loads (vocabulary, merges, special tokens, chat template). Hashed when present.
+CONFIG_FILE = "config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 class BaseModelError(InvalidRequestError):
@@ -41,6 +78,8 @@ class BaseModelInfo:
     model_type: str
     parameter_count: int
     weight_files: tuple[str, ...]
+    # Every tensor of the weights, name -> shape (from the headers): what an adapter must fit.
+    tensor_shapes: dict[str, tuple[int, ...]]
 
 
 def base_model_name_validate(name: str) -> None:
@@ -102,37 +141,97 @@ def _check_tokenizer(root: Path) -> None:
     )
 
 
-def safetensors_parameter_count(path: Path) -> int:
-    """Sum of elements over every tensor in one .safetensors file, from its header only.
+class SafetensorsHeaderError(ValueError):
+    """A .safetensors file whose header we refuse; ``code`` says why (stable, shown to users).
+
+    Codes: ``header_too_large`` (the declared header is above ``MAX_SAFETENSORS_HEADER``),
+    ``truncated_file`` (the header or a tensor's bytes reach past the end of the file),
+    ``invalid_header`` (not a JSON table of tensors, or a tensor's byte range disagrees with
+    its dtype and shape).
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor table of one .safetensors file, read from its header only and checked.
 
     Layout: 8 bytes little-endian u64 N, then N bytes of JSON
     ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``,
-    then the data. We also check that the data the header promises is in the file, which
-    catches a truncated copy (a common result of an interrupted download).
+    then the data. Every tensor's byte range must lie inside the file, which catches a
+    truncated copy (a common result of an interrupted download or a full disk).
+
+    Returns:
+        ``{tensor name: {"dtype", "shape", "data_offsets"}}`` without ``__metadata__``.
+
+    Raises:
+        SafetensorsHeaderError: see its codes. OSError: the file cannot be read.
     """
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
         if len(head) != 8:
-            raise ValueError("file is shorter than a safetensors header")
+            raise SafetensorsHeaderError(
+                f"the file is {size} bytes, shorter than a safetensors header (truncated?)", code="truncated_file"
+            )
         (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(MAX_SAFETENSORS_HEADER, size - 8):
-            raise ValueError(f"header length {header_len} does not fit in a {size}-byte file")
-        header = json.loads(fh.read(header_len).decode("utf-8"))
+        if header_len > MAX_SAFETENSORS_HEADER:
+            raise SafetensorsHeaderError(
+                f"the header is declared as {header_len} bytes; the limit is {MAX_SAFETENSORS_HEADER} bytes",
+                code="header_too_large",
+            )
+        if header_len > size - 8:
+            raise SafetensorsHeaderError(
+                f"header length {header_len} does not fit in a {size}-byte file (truncated?)", code="truncated_file"
+            )
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SafetensorsHeaderError(f"the header is not JSON: {exc}", code="invalid_header") from exc
     if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
+        raise SafetensorsHeaderError("the header is not a JSON object", code="invalid_header")
     data_size = size - 8 - header_len
-    total = 0
+    tensors: dict[str, dict] = {}
     for name, spec in header.items():
         if name == "__metadata__":
             continue
-        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
-            raise ValueError(f"tensor {name!r} has no shape")
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise SafetensorsHeaderError(f"tensor {name!r} has no valid shape", code="invalid_header")
         offsets = spec.get("data_offsets")
-        if not isinstance(offsets, list) or len(offsets) != 2 or offsets[1] > data_size:
-            raise ValueError(f"tensor {name!r} points past the end of the file (truncated?)")
-        total += math.prod(int(d) for d in spec["shape"])
-    return total
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise SafetensorsHeaderError(f"tensor {name!r} has no valid data_offsets", code="invalid_header")
+        if offsets[1] > data_size:
+            raise SafetensorsHeaderError(
+                f"tensor {name!r} points past the end of the file (truncated?): its data ends at byte "
+                f"{offsets[1]} of a {data_size}-byte data section",
+                code="truncated_file",
+            )
+        width = SAFETENSORS_DTYPE_BYTES.get(spec.get("dtype"))
+        if width is None:
+            raise SafetensorsHeaderError(
+                f"tensor {name!r} has unknown dtype {spec.get('dtype')!r}", code="invalid_header"
+            )
+        if offsets[1] - offsets[0] != math.prod(shape) * width:
+            raise SafetensorsHeaderError(
+                f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} of {spec['dtype']}",
+                code="invalid_header",
+            )
+        tensors[name] = spec
+    return tensors
+
+
+def safetensors_parameter_count(path: Path) -> int:
+    """Sum of elements over every tensor in one .safetensors file, from its checked header only."""
+    return sum(math.prod(spec["shape"]) for spec in safetensors_header(path).values())
 
 
 def _weight_files(root: Path) -> list[Path]:
@@ -193,14 +292,16 @@ def base_model_inspect(*, path: str | Path) -> BaseModelInfo:
     architecture, model_type = _read_config(root)
     _check_tokenizer(root)
     files = _weight_files(root)
-    total = 0
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
         try:
-            total += safetensors_parameter_count(file)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            header = safetensors_header(file)
+        except (OSError, ValueError) as exc:
             raise BaseModelError(
                 f"{file.name} is not a readable safetensors file: {exc}", code="weights_invalid", param="path"
             ) from exc
+        shapes.update((name, tuple(spec["shape"])) for name, spec in header.items())
+    total = sum(math.prod(shape) for shape in shapes.values())
     if total <= 0:
         raise BaseModelError(f"The weights in {root} hold no tensors.", code="weights_invalid", param="path")
     return BaseModelInfo(
@@ -209,16 +310,52 @@ def base_model_inspect(*, path: str | Path) -> BaseModelInfo:
         model_type=model_type,
         parameter_count=total,
         weight_files=tuple(f.name for f in files),
+        tensor_shapes=shapes,
     )
+
+
+def base_model_content_hash(*, info: BaseModelInfo) -> str:
+    """sha256 over config.json, the tokenizer files present and every weight file of a checked dir.
+
+    ``registry.lineage.sha256_files`` hashes each file's name, size and bytes, so a changed
+    tokenizer, config or shard changes the hash as surely as changed weights do. This reads
+    every byte of the weights (minutes for a 70B model): it runs at registration, not per request.
+    """
+    names = [CONFIG_FILE, *(n for n in TOKENIZER_FILES if (info.path / n).is_file()), *info.weight_files]
+    try:
+        return sha256_files(info.path, names)
+    except OSError as exc:
+        raise BaseModelError(f"Cannot read {info.path}: {exc}", code="weights_invalid", param="path") from exc
+
+
+def base_model_fill_content_hash(*, base_model: BaseModel) -> str:
+    """The base model's content hash, computed and stored first when the row has none.
+
+    Rows registered before the hash existed have ``content_hash == ""``; the pre-promotion
+    check needs the serving base's hash, so it fills it here, from the files at ``path``.
+    The UPDATE is conditional, so two processes filling the same row at once both store the
+    same value and neither overwrites a hash set by a re-registration in between.
+
+    Raises:
+        BaseModelError: the directory is gone or broken (see ``base_model_inspect``).
+    """
+    if base_model.content_hash:
+        return base_model.content_hash
+    digest = base_model_content_hash(info=base_model_inspect(path=base_model.path))
+    BaseModel.objects.filter(pk=base_model.pk, content_hash="").update(content_hash=digest)
+    base_model.content_hash = BaseModel.objects.values_list("content_hash", flat=True).get(pk=base_model.pk)
+    return base_model.content_hash
 
 
 def base_model_register(*, name: str, path: str | Path, description: str = "") -> BaseModel:
     """Register (or re-point) the base model ``name`` at the HF model directory ``path``.
 
-    Registering an existing name updates its path, architecture, parameter count and
-    description: that is how an operator moves a model to new storage. Adapters are tied
-    to the exact base weights, so once jobs used the name, the new directory must hold the
-    same architecture and parameter count; otherwise register it under a new name.
+    Registering an existing name updates its path, architecture, parameter count, content
+    hash and description: that is how an operator moves a model to new storage (same files,
+    same hash). Adapters are tied to the exact base weights, so once jobs used the name, the
+    new directory must hold the same architecture and parameter count; otherwise register it
+    under a new name. Same shapes with other bytes are accepted and recorded as a new
+    content hash, which the pre-promotion check compares with each version's lineage.
 
     Raises:
         BaseModelError: bad name or directory (see ``base_model_inspect``).
@@ -226,6 +363,8 @@ def base_model_register(*, name: str, path: str | Path, description: str = "") -
     """
     base_model_name_validate(name)
     info = base_model_inspect(path=path)
+    # Hashed before the row lock: reading every weight byte can take minutes.
+    content_hash = base_model_content_hash(info=info)
     with transaction.atomic():
         existing = BaseModel.objects.select_for_update().filter(name=name).first()
         if existing is None:
@@ -234,6 +373,7 @@ def base_model_register(*, name: str, path: str | Path, description: str = "") -
                 path=str(info.path),
                 architecture=info.architecture,
                 parameter_count=info.parameter_count,
+                content_hash=content_hash,
                 description=description,
             )
         same_weights = (existing.architecture, existing.parameter_count) == (info.architecture, info.parameter_count)
@@ -251,6 +391,10 @@ def base_model_register(*, name: str, path: str | Path, description: str = "") -
         existing.path = str(info.path)
         existing.architecture = info.architecture
         existing.parameter_count = info.parameter_count
+        # The hash of what is on disk now: if the bytes changed (same shapes, other values), the
+        # versions trained on the old bytes keep the old hash in their lineage, and the
+        # pre-promotion check refuses them on this base.
+        existing.content_hash = content_hash
         existing.description = description or existing.description
-        existing.save(update_fields=["path", "architecture", "parameter_count", "description"])
+        existing.save(update_fields=["path", "architecture", "parameter_count", "content_hash", "description"])
         return existing

@@ -1,0 +1,113 @@
+"""``manage.py compare OWNER NAME --a VERSION|base --b VERSION|base --file FILE_ID [--wait] [--markdown]``.
+
+Queues an A/B comparison of two versions of OWNER's model NAME (``base``: the bare base model
+of the other side) on the processed file FILE_ID. ``--wait`` (and the embedded mode, see
+``manage.py evaluate``) runs it in this process and prints the per-metric table and
+win/tie/loss of B against A; ``--markdown`` prints it as Markdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from registry.evaluation.cli import owner_get
+from registry.evaluation.report import METRIC_LABELS, comparison_markdown
+from registry.evaluation.runner import comparison_run
+from registry.models import RunStatus
+from registry.selectors import evaluation_dataset_get, model_version_get
+from registry.services.evaluations import comparison_create
+from tuninglab.errors import ApiError
+
+BASE = "base"
+
+
+def _side(value: str) -> int | str:
+    if value == BASE:
+        return BASE
+    try:
+        return int(value)
+    except ValueError:
+        raise CommandError(f"a side is a version number or 'base', not {value!r}") from None
+
+
+class Command(BaseCommand):
+    help = "A/B-compare two versions of a model (or a version and its base model) on an uploaded file."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("owner", help="Username of the model's owner.")
+        parser.add_argument("name", help="Registered model name.")
+        parser.add_argument("--a", required=True, type=_side, help="Side A: a version number or 'base'.")
+        parser.add_argument("--b", required=True, type=_side, help="Side B: a version number or 'base'.")
+        parser.add_argument("--file", required=True, dest="file_id", help="Id of a processed file of the owner.")
+        parser.add_argument("--max-examples", type=int, default=None, help="Compare on the first N examples.")
+        parser.add_argument("--max-new-tokens", type=int, default=None, help="Longest generated answer (tokens).")
+        parser.add_argument("--queue", default="cpu", help="Worker queue: cpu or gpu.")
+        parser.add_argument("--wait", action="store_true", help="Run it here and print the result.")
+        parser.add_argument("--markdown", action="store_true", help="Print the result as Markdown.")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        owner = owner_get(opts["owner"])
+        options = {k: opts[k] for k in ("max_examples", "max_new_tokens") if opts[k] is not None}
+        run_here = opts["wait"] or settings.TUNINGLAB_INPROCESS_WORKER
+        if opts["a"] == BASE and opts["b"] == BASE:
+            raise CommandError("[same_sides] A and B are both the base model")
+        try:
+            versions = {
+                side: None
+                if opts[side] == BASE
+                else model_version_get(owner=owner, name=opts["name"], version=opts[side], param=side)
+                for side in ("a", "b")
+            }
+            base_model = next(v for v in versions.values() if v is not None).base_model
+            comparison = comparison_create(
+                owner=owner,
+                version_a=versions["a"],
+                version_b=versions["b"],
+                base_model=base_model,
+                dataset=evaluation_dataset_get(owner=owner, file_id=opts["file_id"]),
+                options=options,
+                queue=opts["queue"],
+                dispatch=not run_here,
+            )
+        except ApiError as exc:
+            raise CommandError(f"[{exc.code}] {exc.message}") from exc
+        if not run_here:
+            self.stdout.write(f"Queued comparison {comparison.id} on queue {opts['queue']}.")
+            return
+        if not opts["wait"]:
+            self.stdout.write("No broker (embedded mode): running the comparison in this process.")
+        comparison = comparison_run(comparison_id=comparison.id) or comparison
+        comparison.refresh_from_db()
+        if opts["markdown"]:
+            self.stdout.write(comparison_markdown(comparison))
+        if comparison.status != RunStatus.SUCCEEDED:
+            error = comparison.error or {}
+            raise CommandError(f"[{error.get('code')}] {error.get('message')}")
+        if not opts["markdown"]:
+            self._print_table(comparison)
+
+    def _print_table(self, comparison: Any) -> None:
+        self.stdout.write(
+            f"Comparison {comparison.id}: B = {self._label(comparison, 'b')}, A = {self._label(comparison, 'a')}"
+        )
+        self.stdout.write(f"  {'metric':<16} {'A':>10} {'B':>10} {'B - A':>10}")
+        for row in comparison.table:
+            cells = ["failed" if s in row.get("failed", {}) else _fmt(row[s]) for s in ("a", "b")]
+            self.stdout.write(
+                f"  {METRIC_LABELS.get(row['metric'], row['metric']):<16} {cells[0]:>10} {cells[1]:>10} "
+                f"{_fmt(row['delta']):>10}"
+            )
+        o = comparison.outcomes
+        self.stdout.write(f"B against A per example: {o['wins']} wins, {o['ties']} ties, {o['losses']} losses")
+
+    @staticmethod
+    def _label(comparison: Any, side: str) -> str:
+        version = getattr(comparison, f"version_{side}")
+        return f"base ({comparison.base_model.name})" if version is None else f"v{version.version}"
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
