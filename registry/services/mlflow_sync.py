@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
-import math
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
@@ -40,7 +37,7 @@ from django.utils import timezone
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
-from lora_engine import protocol
+from registry import mlflow_payloads as payloads
 from registry.models import Alias, Evaluation, ModelVersion, RunStatus
 
 log = logging.getLogger(__name__)
@@ -51,16 +48,9 @@ TAG_VERSION_ID = "tuninglab.version_id"
 TAG_MIRRORED = "tuninglab.mirrored"
 # One tag per evaluation logged to a run: what makes re-logging an evaluation a no-op.
 TAG_EVALUATION_PREFIX = "tuninglab.evaluation."
-# Engine config fields that are paths on a worker or per-attempt switches, not settings of the run.
-CONFIG_NOT_PARAMS = frozenset(
-    {"base_model_dir", "train_file", "validation_file", "output_dir", "stop_file", "metrics_file", "resume"}
-)
-# Fields of a metrics line that are bookkeeping, not a series worth plotting.
-STEP_FIELDS_NOT_METRICS = frozenset({"type", "step", "total_steps", "progress", "eta_s"})
 # MLflow's limits (mlflow.utils.validation): params/tags and metrics per log_batch, param value length.
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
-PARAM_VALUE_MAX_CHARS = 6000
 ERROR_MAX_CHARS = 2000
 # A remote server gets one cheap reachability probe before a sync: the MLflow client retries a
 # refused connection for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES), the probe answers in seconds.
@@ -71,8 +61,6 @@ PROBE_TIMEOUT_S = 5
 EVALUATION_LOOKBACK = timedelta(minutes=5)
 # pg_advisory_lock key serialising syncs across workers ("tlmf").
 SYNC_LOCK_KEY = 0x746C6D66
-_UNSAFE_KEY_CHARS = re.compile(r"[^\w.\-]")
-T = TypeVar("T")
 
 
 @dataclass
@@ -180,11 +168,11 @@ def _sync_version(
     client: mlflow.MlflowClient, version: ModelVersion, *, artifact_root: Path | None, report: SyncReport
 ) -> bool:
     """Mirror one version (run, artifacts, registered-model version); False when it failed."""
-    label = _label(version)
+    label = payloads.label(version)
     # The rows read from here on are what MLflow will hold; anything newer is newer than this.
     read_at = timezone.now()
     try:
-        name = _mlflow_name(version)
+        name = payloads.mlflow_name(version)
         experiment_id = _experiment_id(client, name, version, artifact_root=artifact_root)
         run = _find_run(client, experiment_id, version) or _create_run(client, experiment_id, version)
         run_id = run.info.run_id
@@ -210,7 +198,7 @@ def _experiment_id(client: mlflow.MlflowClient, name: str, version: ModelVersion
     if experiment is None:
         location = (artifact_root / name).as_uri() if artifact_root is not None else None
         try:
-            return client.create_experiment(name, artifact_location=location, tags=_model_tags(version))
+            return client.create_experiment(name, artifact_location=location, tags=payloads.model_tags(version))
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # created meanwhile by someone else: use it
                 raise
@@ -233,10 +221,10 @@ def _find_run(client: mlflow.MlflowClient, experiment_id: str, version: ModelVer
 
 def _create_run(client: mlflow.MlflowClient, experiment_id: str, version: ModelVersion) -> Run:
     lineage = version.lineage or {}
-    started = _parse_time((lineage.get("job") or {}).get("started_at")) or version.created_at
+    started = payloads.parse_time((lineage.get("job") or {}).get("started_at")) or version.created_at
     tags = {
         TAG_VERSION_ID: version.id,
-        "tuninglab.job_id": _job_id(version) or "",
+        "tuninglab.job_id": payloads.job_id_of(version) or "",
         "tuninglab.owner": version.registered_model.owner.get_username(),
         "tuninglab.owner_id": str(version.owner_id),
         "tuninglab.model": version.registered_model.name,
@@ -248,7 +236,7 @@ def _create_run(client: mlflow.MlflowClient, experiment_id: str, version: ModelV
         tags["mlflow.source.git.commit"] = lineage["code_version"]
     return client.create_run(
         experiment_id,
-        start_time=_ms(started),
+        start_time=payloads.ms(started),
         tags=tags,
         run_name=f"{version.registered_model.name} v{version.version}",
     )
@@ -259,18 +247,18 @@ def _log_run(client: mlflow.MlflowClient, run_id: str, version: ModelVersion) ->
     weights_dir = Path(version.adapter_path)
     if not weights_dir.is_dir():
         raise MirrorError(f"the version's directory {weights_dir} is missing")
-    params = [Param(key, value) for key, value in _params(version).items()]
-    for chunk in _chunks(params, PARAMS_PER_BATCH):
+    params = [Param(key, value) for key, value in payloads.params(version).items()]
+    for chunk in payloads.chunks(params, PARAMS_PER_BATCH):
         client.log_batch(run_id, params=chunk)
-    for chunk in _chunks(_step_metrics(version) + _summary_metrics(version), METRICS_PER_BATCH):
+    for chunk in payloads.chunks(payloads.step_metrics(version) + payloads.summary_metrics(version), METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=chunk)
-    client.log_artifacts(run_id, str(weights_dir), _weights_artifact(version))
-    for path in _training_logs(version):
+    client.log_artifacts(run_id, str(weights_dir), payloads.weights_artifact(version))
+    for path in payloads.training_logs(version):
         client.log_artifact(run_id, str(path), "logs")
     evaluations = Evaluation.objects.filter(version=version, status=RunStatus.SUCCEEDED).order_by("finished_at", "id")
     _log_evaluations(client, run_id, version, list(evaluations))
     client.set_tag(run_id, TAG_MIRRORED, "true")
-    client.set_terminated(run_id, "FINISHED", end_time=_ms(version.created_at))
+    client.set_terminated(run_id, "FINISHED", end_time=payloads.ms(version.created_at))
 
 
 def _ensure_registered_model(client: mlflow.MlflowClient, name: str, version: ModelVersion) -> None:
@@ -283,7 +271,7 @@ def _ensure_registered_model(client: mlflow.MlflowClient, name: str, version: Mo
     owner = version.registered_model.owner.get_username()
     description = f"{owner}/{version.registered_model.name}, mirrored from LLM Tuning Lab (its database is the truth)."
     try:
-        client.create_registered_model(name, tags=_model_tags(version), description=description)
+        client.create_registered_model(name, tags=payloads.model_tags(version), description=description)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -297,7 +285,7 @@ def _model_version(client: mlflow.MlflowClient, name: str, run: Run, version: Mo
         return str(min(int(mv.version) for mv in existing))
     created = client.create_model_version(
         name,
-        source=f"{run.info.artifact_uri}/{_weights_artifact(version)}",
+        source=f"{run.info.artifact_uri}/{payloads.weights_artifact(version)}",
         run_id=run_id,
         tags={
             TAG_VERSION_ID: version.id,
@@ -307,7 +295,7 @@ def _model_version(client: mlflow.MlflowClient, name: str, run: Run, version: Mo
             "tuninglab.base_model": version.base_model.name,
             "tuninglab.base_model_content_hash": version.base_model.content_hash,
         },
-        description=f"{version.registered_model.owner.get_username()}/{_label_name(version)}",
+        description=f"{version.registered_model.owner.get_username()}/{payloads.label_name(version)}",
         # Stores of the open-source server create versions READY at once; never block a worker.
         await_creation_for=0,
     )
@@ -319,9 +307,9 @@ def _give_up(versions: Sequence[ModelVersion], *, reason: str, report: SyncRepor
     ModelVersion.objects.filter(pk__in=[v.pk for v in versions], mlflow_synced_at__isnull=True).update(
         mlflow_error=reason
     )
-    report.failures.extend(f"{_label(v)}: {reason}" for v in versions)
+    report.failures.extend(f"{payloads.label(v)}: {reason}" for v in versions)
     for alias in _pending_aliases(everything=False):
-        report.failures.append(f"{_alias_label(alias)}: {reason}")
+        report.failures.append(f"{payloads.alias_label(alias)}: {reason}")
     if not report.failures:
         report.failures.append(reason)
 
@@ -331,12 +319,14 @@ def _give_up(versions: Sequence[ModelVersion], *, reason: str, report: SyncRepor
 
 def _sync_aliases(client: mlflow.MlflowClient, *, everything: bool, report: SyncReport) -> None:
     for alias in _pending_aliases(everything=everything):
-        label = _alias_label(alias)
+        label = payloads.alias_label(alias)
         if not alias.version.mlflow_version:
             report.waiting.append(f"{label}: v{alias.version.version} is not in MLflow yet")
             continue
         try:
-            client.set_registered_model_alias(_mlflow_name(alias.version), alias.alias, alias.version.mlflow_version)
+            client.set_registered_model_alias(
+                payloads.mlflow_name(alias.version), alias.alias, alias.version.mlflow_version
+            )
         except Exception as exc:  # one alias's failure must not stop the others
             report.failures.append(f"{label}: {_error_text(exc)}")
             continue
@@ -367,10 +357,10 @@ def _sync_evaluations(client: mlflow.MlflowClient, *, everything: bool, report: 
             version.refresh_from_db(fields=["evaluation"])
             _log_evaluations(client, run.info.run_id, version, new)
         except Exception as exc:  # one version's failure must not stop the others
-            report.failures.append(f"evaluations of {_label(version)}: {_error_text(exc)}")
+            report.failures.append(f"evaluations of {payloads.label(version)}: {_error_text(exc)}")
             continue
         ModelVersion.objects.filter(pk=version.pk, mlflow_run_id=version.mlflow_run_id).update(mlflow_synced_at=read_at)
-        report.evaluations.extend(f"{e.id} of {_label(version)} -> run {version.mlflow_run_id}" for e in new)
+        report.evaluations.extend(f"{e.id} of {payloads.label(version)} -> run {version.mlflow_run_id}" for e in new)
 
 
 def _log_evaluations(
@@ -378,200 +368,17 @@ def _log_evaluations(
 ) -> None:
     """Each evaluation's metrics (``eval/<dataset>/<metric>``) and report JSON, then its tag."""
     for evaluation in evaluations:
-        timestamp = _ms(evaluation.finished_at or evaluation.created_at)
+        timestamp = payloads.ms(evaluation.finished_at or evaluation.created_at)
         metrics = [
-            Metric(_metric_key("eval", evaluation.dataset_id, *path), value, timestamp, 0)
-            for path, value in _numbers(evaluation.metrics)
+            Metric(payloads.metric_key("eval", evaluation.dataset_id, *path), value, timestamp, 0)
+            for path, value in payloads.numbers(evaluation.metrics)
         ]
-        for chunk in _chunks(metrics, METRICS_PER_BATCH):
+        for chunk in payloads.chunks(metrics, METRICS_PER_BATCH):
             client.log_batch(run_id, metrics=chunk)
-        client.log_dict(run_id, _evaluation_report(evaluation), f"evaluation/{evaluation.id}.json")
+        client.log_dict(run_id, payloads.evaluation_report(evaluation), f"evaluation/{evaluation.id}.json")
         client.set_tag(run_id, f"{TAG_EVALUATION_PREFIX}{evaluation.id}", evaluation.dataset_id)
     if version.evaluation:
         client.log_dict(run_id, version.evaluation, "evaluation/latest.json")
-
-
-def _evaluation_report(evaluation: Evaluation) -> dict[str, Any]:
-    return {
-        "id": evaluation.id,
-        "version_id": evaluation.version_id,
-        "dataset": evaluation.dataset_id,
-        "options": evaluation.options,
-        "metrics": evaluation.metrics,
-        "examples": evaluation.examples,
-        "created_at": _iso(evaluation.created_at),
-        "started_at": _iso(evaluation.started_at),
-        "finished_at": _iso(evaluation.finished_at),
-    }
-
-
-# --- what a run holds ------------------------------------------------------------------------
-
-
-def _params(version: ModelVersion) -> dict[str, str]:
-    """Base model (name, content hash), method, seed, LoRA shape, hyperparameters, engine config, files."""
-    lineage = version.lineage or {}
-    base = lineage.get("base_model") or {}
-    values: dict[str, Any] = {
-        "base_model": base.get("name") or version.base_model.name,
-        "base_model_content_hash": base.get("content_hash") or version.base_model.content_hash,
-        "method": lineage.get("method"),
-        "kind": version.kind,
-        "seed": lineage.get("seed"),
-    }
-    for key, value in (lineage.get("lora") or {}).items():
-        values[f"lora_{key}"] = value
-    for key, value in (lineage.get("resolved_hyperparameters") or {}).items():
-        values[f"hp.{key}"] = value
-    for key, value in (lineage.get("config") or {}).items():
-        if key not in CONFIG_NOT_PARAMS:
-            values[f"config.{key}"] = value
-    for param, file in (lineage.get("files") or {}).items():
-        if file:
-            values[param] = file.get("id")
-            values[f"{param}_sha256"] = file.get("sha256")
-    return {_key(key): _param_value(value) for key, value in values.items()}
-
-
-def _step_metrics(version: ModelVersion) -> list[Metric]:
-    """Each numeric field of each metrics line of the run's metrics.jsonl, per step.
-
-    Every attempt appends to the file, and a resumed attempt repeats the steps after its
-    checkpoint: the last value of a step wins (it is the one the saved weights came from).
-    """
-    path = _metrics_file(version)
-    if path is None:
-        return []
-    latest: dict[tuple[str, int], float] = {}
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = protocol.parse_line(raw).obj
-        if line is None or line["type"] != protocol.METRICS or not isinstance(line.get("step"), int):
-            continue
-        for key, value in line.items():
-            number = _finite(value)
-            if key not in STEP_FIELDS_NOT_METRICS and number is not None:
-                latest[(_key(key), line["step"])] = number
-    timestamp = _ms(version.created_at)  # fixed, so a re-log is a duplicate MLflow drops
-    return [Metric(key, value, timestamp, step) for (key, step), value in sorted(latest.items())]
-
-
-def _summary_metrics(version: ModelVersion) -> list[Metric]:
-    """The version's final/best numbers (``summary/<name>``) at its last step."""
-    metrics = version.metrics or {}
-    step = metrics.get("steps") if isinstance(metrics.get("steps"), int) else 0
-    timestamp = _ms(version.created_at)
-    return [Metric(_metric_key("summary", *path), value, timestamp, step) for path, value in _numbers(metrics)]
-
-
-def _metrics_file(version: ModelVersion) -> Path | None:
-    configured = ((version.lineage or {}).get("config") or {}).get("metrics_file")
-    job_id = _job_id(version)
-    candidates = [Path(configured)] if configured else []
-    if job_id:
-        candidates.append(_job_dir(job_id) / "run" / "metrics.jsonl")
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def _training_logs(version: ModelVersion) -> list[Path]:
-    """The job's attempt logs (the training child's stderr) and the engine's train.log."""
-    job_id = _job_id(version)
-    if not job_id:
-        return []
-    job_dir = _job_dir(job_id)
-    logs = sorted(job_dir.glob("attempt-*.log"))
-    if (job_dir / "run" / "train.log").is_file():
-        logs.append(job_dir / "run" / "train.log")
-    return logs
-
-
-def _job_dir(job_id: str) -> Path:
-    # The layout workers.job_config.job_paths writes (the registry cannot import workers).
-    return Path(settings.DATA_DIR) / "jobs" / job_id
-
-
-def _job_id(version: ModelVersion) -> str | None:
-    return version.job_id or ((version.lineage or {}).get("job") or {}).get("id")
-
-
-def _weights_artifact(version: ModelVersion) -> str:
-    return "model" if version.kind == ModelVersion.Kind.FULL else "adapter"
-
-
-def _model_tags(version: ModelVersion) -> dict[str, str]:
-    return {
-        "tuninglab.owner": version.registered_model.owner.get_username(),
-        "tuninglab.owner_id": str(version.owner_id),
-        "tuninglab.model": version.registered_model.name,
-    }
-
-
-# --- names, values, plumbing -----------------------------------------------------------------
-
-
-def _mlflow_name(version: ModelVersion) -> str:
-    """``u<owner id>.<model name>``: experiment and registered model of one owner's model."""
-    return f"u{version.owner_id}.{version.registered_model.name}"
-
-
-def _label_name(version: ModelVersion) -> str:
-    return f"{version.registered_model.name} v{version.version}"
-
-
-def _label(version: ModelVersion) -> str:
-    return f"{version.registered_model.owner.get_username()}/{_label_name(version)}"
-
-
-def _alias_label(alias: Alias) -> str:
-    return f"{alias.registered_model.owner.get_username()}/{alias.registered_model.name}@{alias.alias}"
-
-
-def _key(name: str) -> str:
-    """A param/metric key MLflow accepts (alphanumerics, ``_ - .``); user-given names may hold others."""
-    return _UNSAFE_KEY_CHARS.sub("_", str(name)).strip(".") or "_"
-
-
-def _metric_key(*parts: str) -> str:
-    return "/".join(_key(part) for part in parts)
-
-
-def _param_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text[:PARAM_VALUE_MAX_CHARS]
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _numbers(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:
-    """``(path, value)`` of every finite number in a JSON tree of dicts (lists are skipped)."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _numbers(value, (*prefix, str(key)))
-    elif prefix and (number := _finite(tree)) is not None:
-        yield prefix, number
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def _parse_time(text: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
 
 
 def _error_text(exc: BaseException) -> str:

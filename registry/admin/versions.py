@@ -1,17 +1,8 @@
-"""Admin for the registry: register base models (validated by the same service as the
-``register_base_model`` command), and read-only views of registered models, versions (with
-their lineage), aliases and their history, evaluations and comparisons.
-
-Versions are created by finished jobs (with their adapter files), and every alias move must
-pass the serving check and leave an ``AliasEvent``; an edit by hand would skip all of that, so
-those pages are view-only. Alias moves are admin actions with a confirmation page that call
-the services the API and ``manage.py promote`` / ``rollback`` call: "Promote to an alias…" on
-versions, "Roll back…" on aliases. They need ``registry.change_alias``.
-"""
+"""Admin for registered models, versions (with lineage), aliases and their history, and the
+promote / rollback actions with their confirmation pages (the same services as the API and commands)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -20,128 +11,14 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from registry.evaluation.report import comparison_markdown
-from registry.models import Alias, AliasEvent, BaseModel, Comparison, Evaluation, ModelVersion, RegisteredModel
+from registry.admin.html import change_link, history_table, json_block
+from registry.models import Alias, AliasEvent, Evaluation, ModelVersion, RegisteredModel
 from registry.selectors import model_version_list, version_alias_event_list
 from registry.services.aliases import model_promote, model_rollback
-from registry.services.base_models import (
-    BaseModelError,
-    base_model_inspect,
-    base_model_name_validate,
-    base_model_register,
-)
 from tuninglab.admin_base import ReadOnlyInline, ReadOnlyModelAdmin
 from tuninglab.errors import ApiError
-
-# Per-example rows shown on an evaluation page (a run over a large file stores thousands).
-EXAMPLES_SHOWN = 50
-
-
-class BaseModelForm(forms.ModelForm):
-    """Name, path, description; ``clean`` runs the service's checks so errors show on the form."""
-
-    class Meta:
-        model = BaseModel
-        fields = ["name", "path", "description"]
-        help_texts = {
-            "name": "Lowercase letters, digits, '.', '_' or '-' (e.g. llama-3.1-8b).",
-            "path": "Absolute path of a local Hugging Face model directory on the worker hosts "
-            "(config.json, tokenizer, *.safetensors).",
-        }
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        name = data.get("name") if "name" in self.fields else self.instance.name
-        path = data.get("path")
-        try:
-            if name is not None:
-                base_model_name_validate(name)
-            if path:
-                info = base_model_inspect(path=path)
-                data["path"] = str(info.path)
-        except BaseModelError as exc:
-            field = exc.param if exc.param in self.fields else None
-            self.add_error(field, f"{exc.message} {exc.suggestion or ''}".strip())
-        return data
-
-
-@admin.register(BaseModel)
-class BaseModelAdmin(admin.ModelAdmin):
-    form = BaseModelForm
-    list_display = ["name", "architecture", "parameters_display", "path", "created_at"]
-    search_fields = ["name", "architecture", "path"]
-    readonly_fields = ["architecture", "parameter_count", "created_at"]
-
-    @admin.display(description="parameters", ordering="parameter_count")
-    def parameters_display(self, obj: BaseModel) -> str:
-        n = obj.parameter_count
-        for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-            if n >= scale:
-                return f"{n / scale:.1f}{unit}"
-        return str(n)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: BaseModel | None = None) -> list[str]:
-        # Renaming would orphan every reference by name (API requests, configs): re-register instead.
-        return self.readonly_fields + (["name"] if obj is not None else [])
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def save_model(self, request: HttpRequest, obj: BaseModel, form: Any, change: bool) -> None:
-        data = form.cleaned_data
-        try:
-            row = base_model_register(name=obj.name, path=data["path"], description=data.get("description", "") or "")
-        except ApiError as exc:
-            # The form already ran the same checks; this is a race (files moved, or jobs
-            # started using the name). Django admin cannot turn save_model errors into form
-            # errors, so fail loudly rather than pretend it saved.
-            raise forms.ValidationError(exc.message) from exc
-        obj.pk = row.pk
-        obj.path, obj.architecture, obj.parameter_count = row.path, row.architecture, row.parameter_count
-        obj.description, obj.created_at = row.description, row.created_at
-        obj._state.adding = False
-
-
-def _json_block(value: Any) -> str:
-    """A JSON value as a readable, escaped ``<pre>`` block ("-" when empty)."""
-    if not value:
-        return "-"
-    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
-def _side(version: ModelVersion | None) -> str:
-    return f"v{version.version}" if version is not None else "base"
-
-
-def _change_link(obj: Any, text: str) -> str:
-    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
-    return format_html('<a href="{}">{}</a>', url, text)
-
-
-def _history_table(events: list[AliasEvent]) -> str:
-    """Alias moves as a table: when, alias, kind, from, to, who, why."""
-    if not events:
-        return "No alias moves."
-    rows = [
-        (
-            e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            _change_link(e.alias, e.alias.alias),
-            e.kind,
-            _side(e.from_version) if e.from_version_id else "-",
-            _side(e.to_version),
-            e.actor.get_username() if e.actor_id else "-",
-            e.reason or "",
-        )
-        for e in events
-    ]
-    return format_html(
-        "<table><thead><tr><th>when</th><th>alias</th><th>kind</th><th>from</th><th>to</th><th>actor</th>"
-        "<th>reason</th></tr></thead><tbody>{}</tbody></table>",
-        format_html_join("", "<tr>" + "<td>{}</td>" * 7 + "</tr>", rows),
-    )
 
 
 class AliasMoveForm(forms.Form):
@@ -200,7 +77,7 @@ class VersionEvaluationInline(ReadOnlyInline):
 
     @admin.display(description="evaluation")
     def evaluation_link(self, obj: Evaluation) -> str:
-        return _change_link(obj, obj.id)
+        return change_link(obj, obj.id)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("dataset").order_by("-created_at", "-id")
@@ -239,7 +116,7 @@ class ModelVersionAdmin(AliasMoveAdmin):
 
     @admin.display(description="model", ordering="registered_model__name")
     def model_display(self, obj: ModelVersion) -> str:
-        return _change_link(obj.registered_model, obj.registered_model.name)
+        return change_link(obj.registered_model, obj.registered_model.name)
 
     @admin.display(description="aliases")
     def aliases_display(self, obj: ModelVersion) -> str:
@@ -253,19 +130,19 @@ class ModelVersionAdmin(AliasMoveAdmin):
 
     @admin.display(description="lineage")
     def lineage_display(self, obj: ModelVersion) -> str:
-        return _json_block(obj.lineage)
+        return json_block(obj.lineage)
 
     @admin.display(description="metrics")
     def metrics_display(self, obj: ModelVersion) -> str:
-        return _json_block(obj.metrics)
+        return json_block(obj.metrics)
 
     @admin.display(description="latest evaluation")
     def evaluation_display(self, obj: ModelVersion) -> str:
-        return _json_block(obj.evaluation)
+        return json_block(obj.evaluation)
 
     @admin.display(description="alias moves")
     def alias_history(self, obj: ModelVersion) -> str:
-        return _history_table(list(version_alias_event_list(version=obj)))
+        return history_table(list(version_alias_event_list(version=obj)))
 
     @admin.action(description="Promote the selected version to an alias…", permissions=["operate"])
     def promote_versions(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
@@ -332,7 +209,7 @@ class RegisteredModelAdmin(ReadOnlyModelAdmin):
             return "-"
         rows = [
             (
-                _change_link(v, f"v{v.version}"),
+                change_link(v, f"v{v.version}"),
                 v.kind,
                 ", ".join(sorted(a.alias for a in v.aliases.all())) or "-",
                 v.job_id or "-",
@@ -373,7 +250,7 @@ class AliasAdmin(AliasMoveAdmin):
 
     @admin.display(description="model", ordering="registered_model__name")
     def model_display(self, obj: Alias) -> str:
-        return _change_link(obj.registered_model, obj.registered_model.name)
+        return change_link(obj.registered_model, obj.registered_model.name)
 
     @admin.display(description="owner", ordering="registered_model__owner__username")
     def owner_display(self, obj: Alias) -> str:
@@ -381,7 +258,7 @@ class AliasAdmin(AliasMoveAdmin):
 
     @admin.display(description="version", ordering="version__version")
     def version_display(self, obj: Alias) -> str:
-        return _change_link(obj.version, f"v{obj.version.version}")
+        return change_link(obj.version, f"v{obj.version.version}")
 
     @admin.action(description="Roll back the selected aliases…", permissions=["operate"])
     def rollback_aliases(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
@@ -427,114 +304,3 @@ class AliasEventAdmin(ReadOnlyModelAdmin):
         "to_version__registered_model",
         "actor",
     ]
-
-
-@admin.register(Evaluation)
-class EvaluationAdmin(ReadOnlyModelAdmin):
-    list_display = ["id", "owner", "target_display", "base_model", "dataset", "status", "created_at", "finished_at"]
-    list_filter = ["status", ("owner", admin.RelatedOnlyFieldListFilter)]
-    search_fields = ["id", "owner__username", "version__registered_model__name", "dataset__id"]
-    list_select_related = ["owner", "version__registered_model", "base_model", "dataset"]
-    fields = [
-        "id",
-        "owner",
-        "target_display",
-        "base_model",
-        "dataset",
-        "status",
-        "options_display",
-        "metrics_display",
-        "error_display",
-        "examples_display",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ]
-
-    @admin.display(description="evaluated")
-    def target_display(self, obj: Evaluation) -> str:
-        if obj.version is None:
-            return f"{obj.base_model.name} (base model)"
-        return _change_link(obj.version, f"{obj.version.registered_model.name} v{obj.version.version}")
-
-    @admin.display(description="options")
-    def options_display(self, obj: Evaluation) -> str:
-        return _json_block(obj.options)
-
-    @admin.display(description="metrics")
-    def metrics_display(self, obj: Evaluation) -> str:
-        return _json_block(obj.metrics)
-
-    @admin.display(description="error")
-    def error_display(self, obj: Evaluation) -> str:
-        return _json_block(obj.error)
-
-    @admin.display(description=f"examples (first {EXAMPLES_SHOWN})")
-    def examples_display(self, obj: Evaluation) -> str:
-        return _json_block((obj.examples or [])[:EXAMPLES_SHOWN])
-
-
-@admin.register(Comparison)
-class ComparisonAdmin(ReadOnlyModelAdmin):
-    list_display = ["id", "owner", "model_display", "side_a", "side_b", "status", "outcomes_display", "created_at"]
-    list_filter = ["status", ("owner", admin.RelatedOnlyFieldListFilter)]
-    search_fields = ["id", "owner__username", "version_a__registered_model__name", "version_b__registered_model__name"]
-    list_select_related = [
-        "owner",
-        "version_a__registered_model",
-        "version_b__registered_model",
-        "base_model",
-        "dataset",
-    ]
-    fields = [
-        "id",
-        "owner",
-        "model_display",
-        "side_a",
-        "side_b",
-        "base_model",
-        "dataset",
-        "status",
-        "outcomes_display",
-        "table_display",
-        "report_display",
-        "error",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ]
-
-    @admin.display(description="model")
-    def model_display(self, obj: Comparison) -> str:
-        named = obj.version_a or obj.version_b
-        return named.registered_model.name if named is not None else obj.base_model.name
-
-    @admin.display(description="A")
-    def side_a(self, obj: Comparison) -> str:
-        return _side(obj.version_a)
-
-    @admin.display(description="B")
-    def side_b(self, obj: Comparison) -> str:
-        return _side(obj.version_b)
-
-    @admin.display(description="B against A (win/tie/loss)")
-    def outcomes_display(self, obj: Comparison) -> str:
-        o = obj.outcomes or {}
-        if not o:
-            return "-"
-        return f"{o.get('wins', 0)} / {o.get('ties', 0)} / {o.get('losses', 0)}"
-
-    @admin.display(description="metrics")
-    def table_display(self, obj: Comparison) -> str:
-        rows = [(r.get("metric", ""), r.get("a", ""), r.get("b", ""), r.get("delta", "")) for r in obj.table or []]
-        if not rows:
-            return "-"
-        return format_html(
-            "<table><thead><tr><th>metric</th><th>A</th><th>B</th><th>delta (B - A)</th></tr></thead>"
-            "<tbody>{}</tbody></table>",
-            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
-        )
-
-    @admin.display(description="report (Markdown)")
-    def report_display(self, obj: Comparison) -> str:
-        return format_html("<pre>{}</pre>", comparison_markdown(obj))
