@@ -141,6 +141,8 @@ TUNINGLAB = {
     "MLFLOW_TRACKING_URI": env_str("TUNINGLAB_MLFLOW_TRACKING_URI", ""),
     # Evaluate a new version on its job's validation file as soon as it is registered.
     "AUTO_EVALUATE": env_bool("TUNINGLAB_AUTO_EVALUATE", True),
+    # Evaluations and comparisons one owner may have queued or running (they share the workers).
+    "MAX_PENDING_EVALUATIONS_PER_USER": env_int("TUNINGLAB_MAX_PENDING_EVALUATIONS_PER_USER", 4),
     # OpenAI-compatible endpoints an evaluation may use as its LLM judge (exact base URLs).
     "JUDGE_URLS": tuple(env_list("TUNINGLAB_JUDGE_URLS", [])),
     # What the serving base (vLLM) accepts; the pre-promotion check refuses anything else.

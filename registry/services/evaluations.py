@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import transaction
 
 from registry.evaluation.options import evaluation_options_clean
-from registry.models import BaseModel, Comparison, Evaluation, ModelVersion
+from registry.models import BaseModel, Comparison, Evaluation, ModelVersion, RunStatus
 from registry.services.notify import request_comparison, request_evaluation
 from tuninglab.celery import QUEUE_NAMES
 from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -44,6 +44,29 @@ def _check_queue(queue: str) -> None:
     if queue not in QUEUE_NAMES:
         raise InvalidRequestError(
             f"queue must be one of {', '.join(QUEUE_NAMES)}.", code="invalid_queue", param="queue"
+        )
+
+
+def _check_pending_limit(owner: Any) -> None:
+    """Refuse a new run while the owner already has ``MAX_PENDING_EVALUATIONS_PER_USER`` queued or running.
+
+    Evaluations share the workers with training jobs; without a cap one owner could queue
+    thousands and starve everyone. Call inside the creating transaction: the owner's row lock
+    makes concurrent creates of one owner count one after the other.
+    """
+    limit = int(settings.TUNINGLAB["MAX_PENDING_EVALUATIONS_PER_USER"])
+    type(owner).objects.select_for_update().filter(pk=owner.pk).values_list("pk").first()
+    pending = (RunStatus.QUEUED, RunStatus.RUNNING)
+    count = (
+        Evaluation.objects.filter(owner=owner, status__in=pending).exclude(options__source="auto").count()
+        + Comparison.objects.filter(owner=owner, status__in=pending).count()
+    )
+    if count >= limit:
+        raise ConflictError(
+            f"You have {count} evaluations or comparisons queued or running; the limit is {limit}.",
+            code="too_many_pending_evaluations",
+            param=None,
+            suggestion="Wait for one to finish (GET /v1/evaluations/{id}), then ask again.",
         )
 
 
@@ -96,6 +119,8 @@ def evaluation_create(
     base = _resolve_base([version], base_model)
     clean = evaluation_options_clean(options)
     with transaction.atomic():
+        if clean.get("source") != "auto":  # one per new version, already bounded by training
+            _check_pending_limit(owner)
         evaluation = Evaluation.objects.create(
             owner=owner, version=version, base_model=base, dataset=dataset, options={**clean, "queue": queue}
         )
@@ -158,6 +183,7 @@ def comparison_create(
     base = _resolve_base([version_a, version_b], base_model)
     clean = evaluation_options_clean(options)
     with transaction.atomic():
+        _check_pending_limit(owner)
         comparison = Comparison.objects.create(
             owner=owner,
             version_a=version_a,

@@ -33,7 +33,7 @@ from registry.evaluation.runner import comparison_run, evaluation_run
 from registry.models import Evaluation, RunStatus
 from registry.services.evaluations import comparison_create, evaluation_create, evaluation_queue_automatic
 from tuninglab import dispatch
-from tuninglab.errors import InvalidRequestError, NotFoundError
+from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError
 from tuninglab.task_names import RUN_COMPARISON, RUN_EVALUATION
 from tunings.models import TuningJob
 
@@ -441,6 +441,25 @@ def test_it_refuses_a_judge_endpoint_the_operator_did_not_allow(tuned, identity_
         )
     assert (err.value.code, err.value.param) == ("judge_url_not_allowed", "options.judge.base_url")
     assert "https://judge.example/v1" in err.value.suggestion
+
+
+def test_it_caps_the_runs_one_owner_may_have_pending(tuned, identity_eval, user, other_user, settings, tiny_base):
+    # Evaluations share the workers with training: one owner must not be able to queue thousands.
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "MAX_PENDING_EVALUATIONS_PER_USER": 2}
+    evaluation_create(owner=user, version=tuned, dataset=identity_eval)
+    comparison_create(owner=user, version_a=None, version_b=tuned, base_model=tiny_base, dataset=identity_eval)
+    with pytest.raises(ConflictError) as err:
+        evaluation_create(owner=user, version=tuned, dataset=identity_eval)
+    assert err.value.code == "too_many_pending_evaluations"
+    with pytest.raises(ConflictError):
+        comparison_create(owner=user, version_a=None, version_b=tuned, base_model=tiny_base, dataset=identity_eval)
+    assert Evaluation.objects.filter(owner=user).count() == 1
+    # The automatic evaluation of a new version is not held back by manual runs.
+    auto = evaluation_create(owner=user, version=tuned, dataset=identity_eval, options={"source": "auto"})
+    assert auto.status == RunStatus.QUEUED
+    # A finished run frees its slot.
+    Evaluation.objects.filter(owner=user).exclude(id=auto.id).update(status=RunStatus.SUCCEEDED)
+    assert evaluation_create(owner=user, version=tuned, dataset=identity_eval).status == RunStatus.QUEUED
 
 
 def test_it_refuses_to_compare_a_model_with_itself(tuned, identity_eval, user, tiny_base):
