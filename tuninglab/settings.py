@@ -143,6 +143,10 @@ TUNINGLAB = {
     "AUTO_EVALUATE": env_bool("TUNINGLAB_AUTO_EVALUATE", True),
     # Evaluations and comparisons one owner may have queued or running (they share the workers).
     "MAX_PENDING_EVALUATIONS_PER_USER": env_int("TUNINGLAB_MAX_PENDING_EVALUATIONS_PER_USER", 4),
+    # A running evaluation with no result after this long lost its worker (it has no lease).
+    "EVALUATION_TIMEOUT_SECONDS": env_int("TUNINGLAB_EVALUATION_TIMEOUT_SECONDS", 6 * 3600),
+    # A queued evaluation still unclaimed after this long gets its task sent again.
+    "EVALUATION_RESEND_SECONDS": env_int("TUNINGLAB_EVALUATION_RESEND_SECONDS", 600),
     # OpenAI-compatible endpoints an evaluation may use as its LLM judge (exact base URLs).
     "JUDGE_URLS": tuple(env_list("TUNINGLAB_JUDGE_URLS", [])),
     # What the serving base (vLLM) accepts; the pre-promotion check refuses anything else.

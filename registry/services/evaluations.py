@@ -10,10 +10,13 @@ Every input is owner-scoped: another owner's version or file is a 404 like a mis
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from registry.evaluation.options import evaluation_options_clean
 from registry.models import BaseModel, Comparison, Evaluation, ModelVersion, RunStatus
@@ -22,6 +25,8 @@ from tuninglab.celery import QUEUE_NAMES
 from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError
 
 PROCESSED = "processed"  # TrainingFile.Status.PROCESSED (registry does not import tunings)
+# Upper bound of runs one sweep fails or re-sends per kind (a backlog is worked off over sweeps).
+MAX_SWEPT_RUNS = 50
 
 
 def _check_version(owner: Any, version: ModelVersion | None, param: str) -> None:
@@ -195,3 +200,49 @@ def comparison_create(
         if dispatch:
             request_comparison(comparison_id=comparison.id, queue=queue)
     return comparison
+
+
+@dataclass(frozen=True)
+class RunSweep:
+    """What ``evaluation_runs_sweep`` did: runs failed as lost, queued runs sent again."""
+
+    failed: list[str]
+    resent: list[str]
+
+
+def evaluation_runs_sweep(*, now: datetime | None = None) -> RunSweep:
+    """Fail evaluations/comparisons whose worker vanished; send again those whose message was lost.
+
+    An evaluation has no lease: a worker killed mid-run leaves it ``running``. After
+    ``EVALUATION_TIMEOUT_SECONDS`` it is failed with ``worker_lost`` (create a new one to
+    retry), so it stops holding one of its owner's pending slots. A run still ``queued`` after
+    ``EVALUATION_RESEND_SECONDS`` gets its task again: the claim is a conditional UPDATE, so a
+    duplicate message does nothing. Runs from the sweeper (beat, embedded worker).
+    """
+    now = now or timezone.now()
+    timeout = timedelta(seconds=float(settings.TUNINGLAB["EVALUATION_TIMEOUT_SECONDS"]))
+    resend_after = timedelta(seconds=float(settings.TUNINGLAB["EVALUATION_RESEND_SECONDS"]))
+    failed: list[str] = []
+    resent: list[str] = []
+    for model, request in ((Evaluation, request_evaluation), (Comparison, request_comparison)):
+        stale = model.objects.filter(status=RunStatus.RUNNING, started_at__lt=now - timeout)
+        for row_id in list(stale.values_list("id", flat=True)[:MAX_SWEPT_RUNS]):
+            lost = model.objects.filter(id=row_id, status=RunStatus.RUNNING, started_at__lt=now - timeout).update(
+                status=RunStatus.FAILED,
+                finished_at=now,
+                error={
+                    "code": "worker_lost",
+                    "message": f"No result after {timeout.total_seconds():.0f} s: the worker running it was lost.",
+                },
+            )
+            if lost:
+                failed.append(row_id)
+        waiting = model.objects.filter(status=RunStatus.QUEUED, created_at__lt=now - resend_after)
+        for row_id, options in list(waiting.values_list("id", "options")[:MAX_SWEPT_RUNS]):
+            queue = (options or {}).get("queue") or "cpu"
+            if model is Evaluation:
+                request(evaluation_id=row_id, queue=queue)
+            else:
+                request(comparison_id=row_id, queue=queue)
+            resent.append(row_id)
+    return RunSweep(failed=failed, resent=resent)

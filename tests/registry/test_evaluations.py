@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from lora_engine.config import TrainConfig
 from lora_engine.progress import ProgressEmitter
@@ -36,6 +38,7 @@ from tuninglab import dispatch
 from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError
 from tuninglab.task_names import RUN_COMPARISON, RUN_EVALUATION
 from tunings.models import TuningJob
+from workers.sweeper import sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The canonical answer: one of the four phrasings identity.jsonl uses equally often. Greedy
@@ -460,6 +463,30 @@ def test_it_caps_the_runs_one_owner_may_have_pending(tuned, identity_eval, user,
     # A finished run frees its slot.
     Evaluation.objects.filter(owner=user).exclude(id=auto.id).update(status=RunStatus.SUCCEEDED)
     assert evaluation_create(owner=user, version=tuned, dataset=identity_eval).status == RunStatus.QUEUED
+
+
+def test_it_sweeps_runs_whose_worker_or_message_was_lost(
+    tuned, identity_eval, user, sent, settings, django_capture_on_commit_callbacks
+):
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "MAX_PENDING_EVALUATIONS_PER_USER": 10}
+    now = timezone.now()
+    lost_message, lost_worker, busy = (
+        evaluation_create(owner=user, version=tuned, dataset=identity_eval) for _ in range(3)
+    )
+    Evaluation.objects.filter(id=lost_message.id).update(created_at=now - timedelta(minutes=11))
+    Evaluation.objects.filter(id=lost_worker.id).update(status=RunStatus.RUNNING, started_at=now - timedelta(hours=7))
+    Evaluation.objects.filter(id=busy.id).update(status=RunStatus.RUNNING, started_at=now - timedelta(minutes=1))
+    sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        result = sweep(now=now)
+
+    assert result.evaluations_failed == [lost_worker.id]
+    assert result.evaluations_resent == [lost_message.id]
+    lost_worker.refresh_from_db()
+    assert (lost_worker.status, lost_worker.error["code"]) == (RunStatus.FAILED, "worker_lost")
+    assert Evaluation.objects.get(id=busy.id).status == RunStatus.RUNNING
+    assert sent == [(RUN_EVALUATION, [lost_message.id], "cpu")]
 
 
 def test_it_refuses_to_compare_a_model_with_itself(tuned, identity_eval, user, tiny_base):
