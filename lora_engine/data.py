@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lora_engine.errors import DataError
-from lora_engine.formats import FormatError, to_messages
+from lora_engine.formats import FormatError, iter_lines, loads_json, to_messages
 
 IGNORE_INDEX = -100
 
@@ -70,26 +70,35 @@ class EncodedDataset:
 def read_jsonl(path: str | Path, *, param: str = "train_file") -> list[tuple[int, dict[str, Any]]]:
     """Parse a JSONL file into (line_number, record) pairs; blank lines are skipped.
 
+    Lines and JSON are read by `formats.iter_lines` / `formats.loads_json`, as upload
+    validation reads them, so a file that passed validation has the same lines here.
+
     Raises:
-        DataError: unreadable file, invalid JSON or a non-object line (with the line number).
+        DataError: unreadable file, invalid JSON, JSON nested too deep or a non-object line
+            (with the line number).
     """
+    records = []
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as stream:
+            for number, content, _size in iter_lines(stream):
+                if content is None or not content.strip():
+                    continue
+                where = f"{param}:{number}"
+                try:
+                    record = loads_json(content.decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{param} line {number}: not valid UTF-8 ({exc.reason})", param=where) from exc
+                except FormatError as exc:
+                    raise DataError(f"{param} line {number}: {exc.message}", param=where) from exc
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{param} line {number}: invalid JSON ({exc.msg})", param=where) from exc
+                if not isinstance(record, dict):
+                    raise DataError(f"{param} line {number}: expected a JSON object", param=where)
+                records.append((number, record))
     except FileNotFoundError as exc:
         raise DataError(f"{param} {path} does not exist", param=param) from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise DataError(f"cannot read {param} {path}: {exc}", param=param) from exc
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{param} line {number}: invalid JSON ({exc.msg})", param=f"{param}:{number}") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{param} line {number}: expected a JSON object", param=f"{param}:{number}")
-        records.append((number, record))
     if not records:
         raise DataError(f"{param} {path} has no examples", param=param)
     return records

@@ -16,7 +16,8 @@ import re
 from typing import Any
 
 # Names that become directory names and URL segments: lowercase, no path separators.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline, so "bot\n" would pass ``match``.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 
 
 def _slug(text: str) -> str:
@@ -36,4 +37,4 @@ def fine_tuned_model_name(job: Any) -> str:
 def default_model_name(*, suffix: str, base_name: str) -> str:
     """The registered model a job's result joins when the job names none: its suffix, else ``<base>-ft``."""
     name = suffix or f"{base_name[:61].rstrip('-._')}-ft"
-    return name if NAME_RE.match(name) else f"m{name}"[:64]
+    return name if NAME_RE.fullmatch(name) else f"m{name}"[:64]

@@ -1,8 +1,14 @@
 """The one Celery app: settings from Django (namespace ``CELERY``), tasks autodiscovered.
 
-Queues: ``gpu`` and ``cpu``. A job's ``resources`` choose its queue (``{"gpus": n > 0}`` →
-``gpu``, else ``cpu``; the jobs service stores it in ``TuningJob.queue``). GPU hosts run
-``celery -A tuninglab worker -Q gpu``, CPU hosts ``-Q cpu``.
+Training queues (``QUEUE_NAMES``): ``gpu`` and ``cpu``. A job's ``resources`` choose its queue
+(``{"gpus": n > 0}`` → ``gpu``, else ``cpu``; the jobs service stores it in ``TuningJob.queue``).
+GPU hosts run ``celery -A tuninglab worker -Q gpu``, CPU hosts ``-Q cpu``.
+
+The ``maintenance`` queue (``MAINTENANCE_QUEUE``) carries the beat tasks: the lease sweep and the
+registry sync. A training worker runs one job for hours at concurrency 1, so a sweep queued
+behind it would wait for the very job it should rescue, and a GPU-only deployment would never
+sweep at all. One small worker serves it: ``celery -A tuninglab worker -Q maintenance
+--concurrency 1``. It is not a training queue: nothing dispatches jobs to it.
 
 Delivery is at-least-once and we rely on the database, not the broker, for exactly-once
 execution:
@@ -19,11 +25,12 @@ execution:
   ``docs/architecture.md``). The restore scan runs every ``TUNINGLAB_UNACKED_RESTORE_INTERVAL``
   seconds (kombu's default is ~100 s); tests lower both to see a redelivery in seconds.
 
-Beat runs ``workers.tasks.sweep_expired_leases`` every ``TUNINGLAB_SWEEP_SECONDS``
-(default 15 s): expired leases go back to ``queued`` (or ``failed`` past the attempt cap)
-and queued jobs without a pending wake-up get one; and ``workers.tasks.sync_registry`` every
-``TUNINGLAB_REGISTRY_SYNC_SECONDS`` (default 300 s): registry rows MLflow missed (it was
-down) are mirrored.
+Beat sends to ``maintenance``: ``workers.tasks.sweep_expired_leases`` every
+``TUNINGLAB_SWEEP_SECONDS`` (default 15 s; the message expires after ``SWEEP_EXPIRES_SECONDS``):
+expired leases go back to ``queued`` (or ``failed`` past the attempt cap) and queued jobs
+without a pending wake-up get one; and ``workers.tasks.sync_registry`` every
+``TUNINGLAB_REGISTRY_SYNC_SECONDS`` (default 300 s): registry rows MLflow missed (it was down)
+are mirrored.
 """
 
 from __future__ import annotations
@@ -38,8 +45,17 @@ from tuninglab.task_names import SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tuninglab.settings")
 
+# The training queues: jobs and evaluations go to these, and the sweeper's re-dispatch loops over them.
 QUEUE_NAMES = ("cpu", "gpu")
+MAINTENANCE_QUEUE = "maintenance"
 SWEEP_SECONDS = env_float("TUNINGLAB_SWEEP_SECONDS", 15.0)
+# How long a sweep message may wait for the maintenance worker. One period (the old value) drops
+# it whenever that worker is busy a little longer than a period — a registry sync that waits on
+# an MLflow timeout, a slow sweep — and drops it silently, every time, for as long as that lasts.
+# A stale sweep is harmless (idempotent: it reads the rows as they are when it runs) and cheap,
+# so let it wait minutes; the bound only keeps a maintenance worker that was stopped for hours
+# from coming back to a long run of back-to-back sweeps (expired ones are discarded unrun).
+SWEEP_EXPIRES_SECONDS = max(300.0, 10 * SWEEP_SECONDS)
 # A registry sync that finds nothing pending does not contact MLflow: cheap to run often, and it
 # is what catches MLflow up after an outage without anyone running `registry_sync` by hand.
 REGISTRY_SYNC_SECONDS = env_float("TUNINGLAB_REGISTRY_SYNC_SECONDS", 300.0)
@@ -49,14 +65,15 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 # `app.conf.X = ...` before the app is configured is stored as an override on top of the
 # Django settings (the documented Celery/Django pattern); nothing here reads settings yet.
-app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
-app.conf.task_routes = {SWEEP_EXPIRED_LEASES: {"queue": "cpu"}, SYNC_REGISTRY: {"queue": "cpu"}}
+app.conf.task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (*QUEUE_NAMES, MAINTENANCE_QUEUE)
+)
+app.conf.task_routes = {SWEEP_EXPIRED_LEASES: {"queue": MAINTENANCE_QUEUE}, SYNC_REGISTRY: {"queue": MAINTENANCE_QUEUE}}
 app.conf.beat_schedule = {
     "sweep-expired-leases": {
         "task": SWEEP_EXPIRED_LEASES,
         "schedule": SWEEP_SECONDS,
-        # A sweep older than its period is stale; the next one does the same work.
-        "options": {"expires": SWEEP_SECONDS},
+        "options": {"expires": SWEEP_EXPIRES_SECONDS},
     },
     "sync-registry": {
         "task": SYNC_REGISTRY,

@@ -6,7 +6,8 @@ wakes workers without importing ``workers``: a message names its task
 
 * With a broker (``TUNINGLAB_INPROCESS_WORKER=False``): ``app.send_task(name, args, queue)``.
 * Embedded (no Redis): the message goes to the *local transport* that the ``workers`` app
-  registers when Django starts (``WorkersConfig.ready``), a thread in this process. Without
+  registers when Django starts (``WorkersConfig.ready``), a thread in this process that the
+  serving process starts at once (``start_local_worker``, from ``tuninglab/wsgi.py``). Without
   one registered (``workers`` not installed) the message cannot be delivered: it is logged
   and the job stays ``queued`` — the row is the truth — until a worker process sweeps it.
 
@@ -31,10 +32,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LocalTransport:
-    """How the embedded worker takes messages: ``submit(task_name, args, queue)`` and ``pending(queue)``."""
+    """How the embedded worker takes messages: ``submit(task_name, args, queue)`` and ``pending(queue)``;
+    ``start()`` starts it (and its sweeper) before any message arrives."""
 
     submit: Callable[[str, list[Any], str], None]
     pending: Callable[[str], int]
+    start: Callable[[], object] | None = None
 
 
 _local: LocalTransport | None = None
@@ -44,6 +47,18 @@ def register_local_transport(transport: LocalTransport | None) -> None:
     """Install (or with None remove) the embedded worker's transport; ``workers`` calls this at startup."""
     global _local
     _local = transport
+
+
+def start_local_worker() -> None:
+    """Start the embedded worker now, in embedded mode; a no-op with a broker.
+
+    The serving process calls this at startup (``tuninglab/wsgi.py``): a job that a previous
+    process left ``running`` or ``queued`` is swept and resumed without waiting for a new
+    submit. Management commands never import the WSGI module, so ``migrate`` or a test run
+    starts no thread.
+    """
+    if settings.TUNINGLAB_INPROCESS_WORKER and _local is not None and _local.start is not None:
+        _local.start()
 
 
 def send_task(name: str, *, args: Sequence[Any], queue: str) -> None:

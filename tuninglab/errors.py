@@ -77,6 +77,14 @@ class PayloadTooLargeError(ApiError):
     default_code = "file_too_large"
 
 
+class TooManyRequestsError(ApiError):
+    """A per-owner quota is used up (e.g. queued jobs); it frees up as the owner's work finishes."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
 class ServiceUnavailableError(ApiError):
     status = 503
     type = "server_error"

@@ -9,14 +9,15 @@ Protocol (per owner and key; keys expire after ``RECORD_TTL``, 24 h):
    transaction. So the side effect (the job row) and the stored answer commit together or
    not at all: a crash can never leave a job without its recorded answer.
 3. Losers poll the record until the winner's answer is committed, then replay it (same
-   status and body, header ``Idempotent-Replayed: true``). A different body (or path) under
-   the same key is a 422 ``idempotency_key_reused``.
+   status and body, header ``Idempotent-Replayed: true``). A different body, path or query
+   string under the same key is a 422 ``idempotency_key_reused``.
 4. Only 2xx answers are stored. On an error the winner deletes its record, so the client
    may fix the request and retry with the same key (errors have no side effects: the
    transaction rolled back). A waiting loser then takes over and runs the request itself.
 5. An in-progress record older than ``STALE_AFTER`` belongs to a crashed process; it is
-   taken over. A loser that waited ``WAIT_TIMEOUT`` without an answer gets 409
-   ``idempotency_request_in_progress`` and may retry.
+   taken over. A loser that waited ``WAIT_TIMEOUT`` (about a second) without an answer gets
+   409 ``idempotency_request_in_progress`` with ``Retry-After``: a web worker is too scarce to
+   park for the length of someone else's request, and the client's retry replays the answer.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ REPLAY_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 RECORD_TTL = timedelta(hours=24)
 STALE_AFTER = timedelta(minutes=5)
-WAIT_TIMEOUT = 30.0
+WAIT_TIMEOUT = 1.0
+RETRY_AFTER_SECONDS = 1
 POLL_INTERVAL = 0.05
 
 
@@ -62,9 +64,16 @@ def _hash_value(value: Any, digest: Any) -> None:
 
 
 def request_fingerprint(request: Any) -> str:
-    """SHA-256 over method, path and the parsed body (JSON key order does not matter)."""
+    """SHA-256 over method, path, query string and the parsed body (key order does not matter).
+
+    The query string is part of the request (``?purpose=`` chooses what an upload is for), so
+    the same key with another query string is another request, not a retry.
+    """
     digest = hashlib.sha256()
     digest.update(f"{request.method} {request.path}\n".encode())
+    for key, values in sorted(request.query_params.lists(), key=lambda item: item[0]):
+        digest.update(json.dumps([key, values]).encode())
+    digest.update(b"\n")
     data = request.data
     if hasattr(data, "lists"):
         # QueryDict / MultiValueDict: form and multipart bodies (DRF merges uploaded files in).
@@ -101,6 +110,20 @@ def _reused(key: str) -> IdempotencyError:
         param=HEADER,
         suggestion="Use a new key for a new request; reuse a key only to retry the exact same request.",
     )
+
+
+def _in_progress(key: str) -> Response:
+    """409 with ``Retry-After``: the first request with this key is still running."""
+    error = ConflictError(
+        f"A request with {HEADER} {key!r} is still being processed; retry shortly.",
+        code="idempotency_request_in_progress",
+        param=HEADER,
+        suggestion=f"Retry the same request with the same key after {RETRY_AFTER_SECONDS} s to get its answer.",
+    )
+    # Returned, not raised: the API exception handler renders ApiError without extra headers.
+    response = Response({"error": error.as_dict()}, status=error.status)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _claim(owner: Any, key: str, fingerprint: str, request: Any) -> IdempotencyRecord | None:
@@ -156,7 +179,10 @@ def run_idempotent(request: Any, handler: Callable[[], Response]) -> Response:
 
     Raises:
         IdempotencyError: 422 when the key was used for a different request.
-        ConflictError: 409 when the first request is still running after ``WAIT_TIMEOUT``.
+        ConflictError: 409 when our own record was taken over as stale while the handler ran.
+
+    A duplicate of a request still running after ``WAIT_TIMEOUT`` gets a 409
+    ``idempotency_request_in_progress`` response with ``Retry-After``.
     """
     raw = request.headers.get(HEADER)
     if raw is None:
@@ -181,11 +207,7 @@ def run_idempotent(request: Any, handler: Callable[[], Response]) -> Response:
             if existing.created_at < timezone.now() - STALE_AFTER:
                 break  # abandoned by a crashed process; _claim deletes it
             if time.monotonic() > deadline:
-                raise ConflictError(
-                    f"A request with {HEADER} {key!r} is still being processed; retry shortly.",
-                    code="idempotency_request_in_progress",
-                    param=HEADER,
-                )
+                return _in_progress(key)
             time.sleep(POLL_INTERVAL)
 
 

@@ -18,9 +18,12 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 # --- core -----------------------------------------------------------------------------
 SECRET_KEY = env_str("SECRET_KEY", "dev-insecure-key-change-me-0123456789abcdefghijklmnopqrstuvwxyz")
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: the debug page shows settings and the request to whoever triggers a 500.
+DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Error reports (the DEBUG page, admin e-mails) hide connection URLs as well as keys.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "tuninglab.reporting.SafeExceptionReporterFilter"
 
 # Where uploads, adapters, checkpoints and (embedded) the SQLite file live.
 DATA_DIR = Path(env_str("TUNINGLAB_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -111,6 +114,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's JSON parser with a nesting-depth bound (DRF's form/multipart parsers as usual).
+    "DEFAULT_PARSER_CLASSES": [
+        "tuninglab.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "EXCEPTION_HANDLER": "tuninglab.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "tuninglab.schema.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": ["tuninglab.throttling.ApiKeyRateThrottle"],
@@ -130,6 +139,11 @@ TUNINGLAB = {
     "MAX_LINE_BYTES": env_int("TUNINGLAB_MAX_LINE_KB", 256) * 1024,
     "MIN_EXAMPLES": env_int("TUNINGLAB_MIN_EXAMPLES", 10),
     "MAX_CONCURRENT_JOBS_PER_USER": env_int("TUNINGLAB_MAX_CONCURRENT_JOBS_PER_USER", 2),
+    # Jobs one owner may have waiting (validating_files + queued); one more is a 429.
+    "MAX_QUEUED_JOBS_PER_USER": env_int("TUNINGLAB_MAX_QUEUED_JOBS_PER_USER", 50),
+    # Highest priority a user may give their own job through the API (lowest: -100); operators
+    # set higher values in the admin. 0: users can lower their jobs but not jump the queue.
+    "USER_MAX_PRIORITY": env_int("TUNINGLAB_USER_MAX_PRIORITY", 0),
     "MAX_ATTEMPTS": env_int("TUNINGLAB_MAX_ATTEMPTS", 3),
     "LEASE_SECONDS": env_int("TUNINGLAB_LEASE_SECONDS", 60),
     "HEARTBEAT_SECONDS": env_float("TUNINGLAB_HEARTBEAT_SECONDS", 10.0),

@@ -49,7 +49,7 @@ DEFAULT_TARGET_MODULES: list[str] = list(_ENGINE_DEFAULTS["target_modules"])
 MAX_LORA_RANK = 256
 MAX_TARGET_MODULES = 64
 ALL_LINEAR = "all-linear"
-MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}\Z")
 LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules")
 
 
@@ -209,7 +209,7 @@ def validate_lora(raw: Any, tuning_method: str) -> dict[str, Any]:
     elif (
         not isinstance(modules, list)
         or not 1 <= len(modules) <= MAX_TARGET_MODULES
-        or not all(isinstance(m, str) and MODULE_NAME_RE.match(m) for m in modules)
+        or not all(isinstance(m, str) and MODULE_NAME_RE.fullmatch(m) for m in modules)
     ):
         raise _invalid(
             f"lora.target_modules must be 'all-linear' or a list of 1..{MAX_TARGET_MODULES} module names "

@@ -15,4 +15,8 @@ class WorkersConfig(AppConfig):
         # worker imports models, which only exist once the app registry is ready.
         from workers import inprocess
 
-        dispatch.register_local_transport(dispatch.LocalTransport(submit=inprocess.submit, pending=inprocess.pending))
+        # Nothing starts here: ready() also runs in `migrate`, test runs and runserver's
+        # autoreloader parent. The serving process starts the worker (tuninglab/wsgi.py).
+        dispatch.register_local_transport(
+            dispatch.LocalTransport(submit=inprocess.submit, pending=inprocess.pending, start=inprocess.ensure_started)
+        )

@@ -3,14 +3,17 @@
 With no Redis (``TUNINGLAB_INPROCESS_WORKER=True``, the default without ``REDIS_URL``)
 ``tuninglab.dispatch`` puts each message (task name, args, queue) on an in-memory queue that
 this thread drains one job at a time (``WorkersConfig.ready`` registers ``submit``/``pending``
-as the embedded transport). When idle (and at least every ``SWEEP_SECONDS``) it runs the sweeper, so a
-job left ``running`` by a previous process is re-queued and resumed here. Everything else —
+as the embedded transport). The serving process starts it at startup (``tuninglab/wsgi.py`` →
+``tuninglab.dispatch.start_local_worker`` → ``ensure_started``); it sweeps at once and then
+when idle (and at least every ``SWEEP_SECONDS``), so a job left ``running`` by a previous
+process is re-queued and resumed here without waiting for a new submit. Everything else —
 claim, lease, fencing, child process, relay — is exactly the Celery path.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -66,11 +69,13 @@ def pending(queue_name: str | None = None) -> int:
 
 
 def ensure_started() -> threading.Thread:
+    """Start the worker thread unless it runs (at server start, and again on a submit if it died)."""
     global _thread
     with _lock:
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_loop, name="tuninglab-inprocess-worker", daemon=True)
             _thread.start()
+            log.info("in-process worker started in pid %s", os.getpid())
         return _thread
 
 
@@ -115,7 +120,8 @@ def run_forever() -> None:
 
 def _loop() -> None:
     worker_id = worker_identity("inprocess")
-    last_sweep = 0.0
+    # Sweep first thing: at startup a previous process may have left jobs running or queued.
+    last_sweep = float("-inf")
     while True:
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()

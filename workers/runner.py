@@ -376,8 +376,9 @@ class JobRunner:
             )
         else:
             what = "finished without a final status line" if rc == protocol.EXIT_DONE else f"exited with code {rc}"
-            last = self.child.log_tail(1)
-            self._fail("internal_error", f"The training process {what}" + (f": {last[0]}" if last else "."))
+            # The log's lines (kept in the log-tail event for operators) name server paths and
+            # hosts; the tenant's message says what happened, not where.
+            self._fail("internal_error", f"The training process {what} (attempt {self.attempt}).")
 
     def _succeed(self) -> None:
         d = self.relay.done_line or {}

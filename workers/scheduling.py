@@ -6,7 +6,9 @@ worker that receives one claims the best *eligible* queued job of that queue:
 * order: ``priority`` descending, then ``created_at``, then ``id`` (stable;
   ``tunings.selectors.queue.queued_jobs``, the order the API reports queue positions in);
 * eligible: not cancel-requested, attempts left, and its owner runs fewer than
-  ``MAX_CONCURRENT_JOBS_PER_USER`` jobs.
+  ``MAX_CONCURRENT_JOBS_PER_USER`` jobs. Owners at their limit are left out by the candidate
+  query itself (``tunings.selectors.queue.claimable_jobs``), so however many high-priority
+  jobs they have queued, the jobs of other owners behind them are still seen.
 
 The claim itself is ``tunings.services.state.tuning_job_claim`` (a conditional UPDATE), so
 two workers that wake up together never run the same job, and a redelivered or duplicate
@@ -24,14 +26,15 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from tunings.models import TuningJob
-from tunings.selectors.queue import per_user_limit, queued_jobs, running_count
+from tunings.selectors.queue import claimable_jobs, per_user_limit, running_count
 from tunings.services.state import tuning_job_claim, tuning_job_fail
 
 log = logging.getLogger(__name__)
 Status = TuningJob.Status
 
-# How many queued candidates one wake-up looks at before giving up (owners at their limit
-# are skipped in bulk, so this only bounds pathological queues).
+# How many candidates one wake-up tries before giving up. Owners at their limit are already
+# left out by the query, so only races use this up (a job claimed or cancelled under us, an
+# owner filled by another worker); the next wake-up queries again.
 SCAN_LIMIT = 200
 
 
@@ -53,7 +56,7 @@ def claim_next_job(*, worker_id: str, queue: str | None = None) -> TuningJob | N
     """
     limit = per_user_limit()
     saturated: set[Any] = set()
-    candidates = queued_jobs(queue).values_list("id", "owner_id", "attempt", "max_attempts")[:SCAN_LIMIT]
+    candidates = claimable_jobs(queue).values_list("id", "owner_id", "attempt", "max_attempts")[:SCAN_LIMIT]
     for job_id, owner_id, attempt, max_attempts in list(candidates):
         if attempt >= max_attempts:
             tuning_job_fail(
@@ -67,6 +70,7 @@ def claim_next_job(*, worker_id: str, queue: str | None = None) -> TuningJob | N
             continue
         job, owner_full = _claim_within_limit(job_id=job_id, owner_id=owner_id, worker_id=worker_id, limit=limit)
         if owner_full:
+            # Another worker took the owner's last slot since our query: skip the rest of theirs.
             saturated.add(owner_id)
             continue
         if job is not None:

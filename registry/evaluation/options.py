@@ -80,7 +80,7 @@ def judge_options_clean(judge: Any) -> dict[str, Any] | None:
     if not isinstance(out.get("model"), str) or not 0 < len(out["model"]) <= 200:
         raise _bad("judge.model must be a model name.", "judge.model")
     env = out["api_key_env"]
-    if env is not None and (not isinstance(env, str) or not _ENV_NAME_RE.match(env)):
+    if env is not None and (not isinstance(env, str) or not _ENV_NAME_RE.fullmatch(env)):
         raise _bad(
             f"judge.api_key_env must be null or an environment variable name starting with {JUDGE_KEY_ENV_PREFIX} "
             "(upper case, digits, underscores).",

@@ -30,7 +30,7 @@ from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError
 DEFAULT_ALIAS = "production"
 # MLflow, which mirrors every alias, reserves "latest" and "v<number>" (they would also read
 # as version numbers in our own commands) and accepts no ".", although model names may have one.
-RESERVED_ALIAS_RE = re.compile(r"^(latest|v[0-9]+)$")
+RESERVED_ALIAS_RE = re.compile(r"^(latest|v[0-9]+)\Z")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class AliasMove:
 
 def alias_name_validate(alias: str) -> None:
     """Raise InvalidRequestError ``invalid_alias`` unless ``alias`` is a name MLflow can mirror too."""
-    if not isinstance(alias, str) or not NAME_RE.match(alias) or "." in alias or RESERVED_ALIAS_RE.match(alias):
+    if not isinstance(alias, str) or not NAME_RE.fullmatch(alias) or "." in alias or RESERVED_ALIAS_RE.fullmatch(alias):
         raise InvalidRequestError(
             f"Invalid alias {alias!r}.",
             code="invalid_alias",

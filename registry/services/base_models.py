@@ -83,8 +83,8 @@ class BaseModelInfo:
 
 
 def base_model_name_validate(name: str) -> None:
-    """Raise BaseModelError unless ``name`` matches ``^[a-z0-9][a-z0-9._-]{0,63}$``."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    """Raise BaseModelError unless all of ``name`` matches ``[a-z0-9][a-z0-9._-]{0,63}`` (no trailing newline)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise BaseModelError(
             f"Invalid base model name {name!r}.",
             code="invalid_name",

@@ -231,7 +231,7 @@ def _lora_tensors(tensors: dict[str, dict]) -> tuple[dict[str, dict[str, tuple[i
     lora: dict[str, dict[str, tuple[int, ...]]] = {}
     others = []
     for key, spec in sorted(tensors.items()):
-        match = LORA_TENSOR_RE.match(key)
+        match = LORA_TENSOR_RE.fullmatch(key)
         if match is None:
             others.append(key)
             continue

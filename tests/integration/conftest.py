@@ -84,7 +84,7 @@ def _purge_broker(url: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    client.delete("cpu", "gpu", "unacked", "unacked_index", "unacked_mutex")
+    client.delete("cpu", "gpu", "maintenance", "unacked", "unacked_index", "unacked_mutex")
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def live_stack(transactional_db, settings) -> dict[str, Any]:
 
 @pytest.fixture
 def start_worker(live_stack, tmp_path) -> Iterator[Any]:
-    """``start_worker(name, env=..., pool=..., concurrency=..., beat=...)`` → a ready WorkerProcess."""
+    """``start_worker(name, env=..., pool=..., concurrency=..., beat=..., queues=...)`` → a ready WorkerProcess."""
     workers: list[WorkerProcess] = []
 
     def start(
@@ -110,7 +110,11 @@ def start_worker(live_stack, tmp_path) -> Iterator[Any]:
         concurrency: int = 1,
         beat: bool = False,
         wait: bool = True,
+        queues: str | None = None,
     ) -> WorkerProcess:
+        # Beat sends the sweep to `maintenance`: a worker that runs beat serves that queue too,
+        # unless the test chooses its queues.
+        queues = queues or ("cpu,maintenance" if beat else "cpu")
         full_env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tuninglab.settings",
@@ -132,7 +136,7 @@ def start_worker(live_stack, tmp_path) -> Iterator[Any]:
             "tuninglab",
             "worker",
             "-Q",
-            "cpu",
+            queues,
             "--pool",
             pool,
             "--concurrency",

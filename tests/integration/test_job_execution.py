@@ -272,6 +272,7 @@ def test_it_fails_a_job_with_bad_data_and_the_worker_runs_the_next_one(
         example_count=len(good),
         status=TrainingFile.Status.PROCESSED,
     )
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "USER_MAX_PRIORITY": 5}  # the bad job goes first
     bad = create_job(api_client, bad_file.id, hp={"max_steps": 3, "batch_size": 4}, priority=5)["id"]
     ok = create_job(api_client, upload(api_client, identity_bytes()), hp={"max_steps": 3, "batch_size": 4})["id"]
     worker = start_worker("w-sturdy")

@@ -204,3 +204,32 @@ def test_it_pads_batches_with_masked_labels():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, 8, IGNORE_INDEX]]
     assert batch["input_ids"].dtype == torch.long
+
+
+def test_it_reads_lines_like_the_upload_validator(tokenizer, tmp_path):
+    from tunings.datasets import validate_jsonl
+
+    records = [{"prompt": f"first\u2028second {i}", "completion": f"third\u2029fourth\x85fifth {i}"} for i in range(10)]
+    body = b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode() + b"\r\n"
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(body)
+
+    report = validate_jsonl(path, max_line_bytes=1024, min_examples=10)
+    ds = load_examples(path, tokenizer, max_seq_len=256)
+
+    assert report.ok, report.errors
+    assert report.example_count == ds.num_records == len(ds.examples) == 10
+    for example, record in zip(ds.examples, records, strict=True):
+        messages = record_to_messages(record, line=example.line)
+        ids, _, _ = encode_conversation(tokenizer, messages, max_seq_len=256)
+        assert example.input_ids == ids
+    assert [e.line for e in ds.examples] == list(range(1, 11))
+
+
+def test_it_refuses_a_deeply_nested_line_with_its_line_number(tokenizer, tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = json.dumps(RECORDS["prompt_completion"])
+    path.write_text(good + "\n" + '{"prompt": "p", "completion": "c", "tools": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
+    with pytest.raises(DataError) as err:
+        load_examples(path, tokenizer, max_seq_len=64)
+    assert err.value.param == "train_file:2" and "nest" in err.value.message

@@ -155,3 +155,34 @@ def test_it_imports_no_django():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_it_bounds_json_nesting_depth_with_a_stable_code():
+    from lora_engine.formats import MAX_JSON_DEPTH, NESTING_TOO_DEEP, loads_json
+
+    assert loads_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH) is not None
+    for text in ("[" * 100_000, '{"a":' * (MAX_JSON_DEPTH + 1) + "1" + "}" * (MAX_JSON_DEPTH + 1)):
+        with pytest.raises(FormatError) as err:
+            loads_json(text)
+        assert err.value.code == NESTING_TOO_DEEP
+
+
+def test_it_does_not_count_brackets_inside_strings():
+    from lora_engine.formats import loads_json
+
+    text = json.dumps({"a": "[" * 1000, "b": '\\"' + "{" * 1000, "c": ["]" * 10, "x"]})
+    assert loads_json(text) == json.loads(text)
+
+
+def test_it_splits_lines_on_newline_only_and_strips_the_bom():
+    import io
+
+    from lora_engine.formats import iter_lines
+
+    body = "\ufeff" + '{"a": "x\u2028y"}\r\n\r\n{"b": "z\u2029\x85w"}'
+    lines = list(iter_lines(io.BytesIO(body.encode())))
+    assert [(n, c) for n, c, _ in lines] == [
+        (1, '{"a": "x\u2028y"}'.encode()),
+        (2, b""),
+        (3, '{"b": "z\u2029\x85w"}'.encode()),
+    ]

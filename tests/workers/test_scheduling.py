@@ -99,3 +99,29 @@ def test_it_estimates_a_start_from_running_etas_and_past_durations(make_job, use
 
 def test_it_has_no_estimate_without_any_history(make_job, user):
     assert tuning_job_estimated_start(job=make_job(user)) is None
+
+
+def test_it_starts_another_owners_job_behind_a_long_queue_of_a_saturated_owner(make_job, user, other_user, settings):
+    limit = settings.TUNINGLAB["MAX_CONCURRENT_JOBS_PER_USER"]
+    first = make_job(user, status=Status.RUNNING)
+    for _ in range(limit - 1):
+        make_job(user, status=Status.RUNNING, training_file=first.training_file)
+    template = make_job(user, priority=100, training_file=first.training_file)
+    TuningJob.objects.bulk_create(
+        TuningJob(
+            owner=user,
+            base_model=template.base_model,
+            training_file=template.training_file,
+            priority=100,
+            resolved_hyperparameters=template.resolved_hyperparameters,
+            status=Status.QUEUED,
+        )
+        for _ in range(249)
+    )
+    waiting = make_job(other_user, priority=0)
+    assert eligible_count("cpu") == 1
+
+    job = claim_next_job(worker_id="w1", queue="cpu")
+
+    assert job is not None and job.id == waiting.id
+    assert TuningJob.objects.filter(owner=user, status=Status.QUEUED).count() == 250

@@ -104,3 +104,28 @@ def test_it_runs_a_dispatched_job_on_the_in_process_worker(make_job, user, fake_
     finally:
         inprocess.stop()
         connections.close_all()
+
+
+# --- maintenance queue: the sweep and the registry sync never wait behind training ---------
+
+
+def test_it_routes_the_beat_maintenance_tasks_to_their_own_queue():
+    from tuninglab.celery import MAINTENANCE_QUEUE, QUEUE_NAMES, app
+    from tuninglab.task_names import SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
+
+    assert MAINTENANCE_QUEUE not in QUEUE_NAMES  # dispatch_pending and eligibility loop over training queues only
+    assert MAINTENANCE_QUEUE in {q.name for q in app.conf.task_queues}
+    for name in (SWEEP_EXPIRED_LEASES, SYNC_REGISTRY):
+        assert app.amqp.router.route({}, name)["queue"].name == MAINTENANCE_QUEUE
+    tasks = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert {SWEEP_EXPIRED_LEASES, SYNC_REGISTRY} <= tasks
+
+
+def test_it_keeps_a_sweep_message_alive_longer_than_one_period():
+    from tuninglab.celery import REGISTRY_SYNC_SECONDS, SWEEP_SECONDS, app
+
+    expires = app.conf.beat_schedule["sweep-expired-leases"]["options"]["expires"]
+    # A sweep queued behind a registry sync (or a slow sweep) must still run afterwards.
+    assert expires > SWEEP_SECONDS
+    assert expires >= 60
+    assert expires <= max(REGISTRY_SYNC_SECONDS, 60 * SWEEP_SECONDS)

@@ -1,8 +1,11 @@
 """Validate a whole JSONL file: every problem with its line number and a stable code.
 
 Rules (documented in docs/datasets.md):
-- Lines are physical lines, numbered from 1. Blank lines are skipped (still counted for
-  numbering); a UTF-8 byte-order mark at the start of the file and ``\\r\\n`` endings are accepted.
+- Lines are split by ``lora_engine.formats.iter_lines``, the reader the engine uses too: on
+  ``\\n`` only, numbered from 1. Blank lines are skipped (still counted for numbering); a
+  UTF-8 byte-order mark at the start of the file and ``\\r\\n`` endings are accepted.
+- Each line is parsed by ``lora_engine.formats.loads_json``: nesting deeper than
+  ``MAX_JSON_DEPTH`` is ``nesting_too_deep``.
 - A line longer than ``max_line_bytes`` is ``line_too_long`` and is skipped without being
   read into memory whole.
 - The file's format is the format of its first *valid* line; a later line in another
@@ -14,13 +17,13 @@ Rules (documented in docs/datasets.md):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from json import JSONDecodeError
 from pathlib import Path
 from typing import IO, Any
 
 from lora_engine import formats
-from lora_engine.formats import FormatError, detect_format, to_messages
+from lora_engine.formats import FormatError, detect_format, iter_lines, loads_json, to_messages
 from tunings.datasets.stats import DatasetStats
 from tunings.datasets.tokens import TokenCounter
 
@@ -32,8 +35,6 @@ TOO_FEW_EXAMPLES = "too_few_examples"
 ERROR_CODES = (INVALID_ENCODING, INVALID_JSON, LINE_TOO_LONG, EMPTY_FILE, TOO_FEW_EXAMPLES, *formats.ERROR_CODES)
 
 MAX_REPORTED_ERRORS = 100
-_BOM = b"\xef\xbb\xbf"
-_SKIP_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -58,37 +59,6 @@ class ValidationReport:
         self.error_count += 1
         if len(self.errors) < self.max_errors:
             self.errors.append({"line": line, "code": code, "message": message, "param": param})
-
-
-def _iter_lines(stream: IO[bytes], max_line_bytes: int) -> Any:
-    """Yield ``(line_number, content_bytes | None, size)``; content is None for an over-long line.
-
-    ``readline`` with a limit bounds memory: an over-long line is read and dropped in chunks.
-    """
-    number = 0
-    limit = max_line_bytes + 2  # room for "\r\n" after a line of exactly max_line_bytes
-    while True:
-        chunk = stream.readline(limit)
-        if not chunk:
-            return
-        number += 1
-        if number == 1 and chunk.startswith(_BOM):
-            chunk = chunk[len(_BOM) :]
-        if chunk.endswith(b"\n") or len(chunk) < limit:
-            content = chunk[:-1] if chunk.endswith(b"\n") else chunk
-            content = content[:-1] if content.endswith(b"\r") else content
-            if len(content) > max_line_bytes:
-                yield number, None, len(content)
-            else:
-                yield number, content, len(content)
-            continue
-        size = len(chunk)
-        while True:
-            more = stream.readline(_SKIP_CHUNK)
-            size += len(more)
-            if not more or more.endswith(b"\n"):
-                break
-        yield number, None, size
 
 
 def _kib(n: int) -> str:
@@ -127,7 +97,7 @@ def validate_jsonl(
     report = ValidationReport(stats=DatasetStats(count_tokens=count_tokens), max_errors=max_errors)
     fmt: str | None = None
     example_lines = 0
-    for number, content, size in _iter_lines(source, max_line_bytes):
+    for number, content, size in iter_lines(source, max_line_bytes):
         if content is None:
             example_lines += 1
             report.add_error(
@@ -147,9 +117,12 @@ def validate_jsonl(
             )
             continue
         try:
-            record = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            detail = f": {exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            record = loads_json(text)
+        except FormatError as exc:  # nesting_too_deep
+            report.add_error(number, exc.code, f"Line {number}: {exc.message}.", exc.param)
+            continue
+        except ValueError as exc:
+            detail = f": {exc.msg} at column {exc.colno}" if isinstance(exc, JSONDecodeError) else ""
             report.add_error(number, INVALID_JSON, f"Line {number} is not valid JSON{detail}.")
             continue
         try:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import heapq
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
@@ -34,7 +37,7 @@ def _metadata_filters(query_params: Any) -> dict[str, str]:
     """``metadata[key]=value`` (repeatable) and the plain ``metadata_key``/``metadata_value`` pair."""
     pairs: dict[str, str] = {}
     for name in query_params:
-        match = _METADATA_PARAM.match(name)
+        match = _METADATA_PARAM.fullmatch(name)
         if match:
             pairs[match.group(1)] = query_params.get(name)
     key, value = query_params.get("metadata_key"), query_params.get("metadata_value")
@@ -77,9 +80,35 @@ def job_event_list(*, job: TuningJob) -> QuerySet[JobEvent]:
     return JobEvent.objects.filter(job=job).order_by("-seq", "-id")
 
 
+def _existing_dirs(paths: Iterable[Path]) -> set[Path]:
+    """Which of ``paths`` are directories: one listing per parent dir, not a stat per path."""
+    by_parent: dict[Path, set[str]] = {}
+    for path in paths:
+        by_parent.setdefault(path.parent, set()).add(path.name)
+    existing: set[Path] = set()
+    for parent, names in by_parent.items():
+        try:
+            with os.scandir(parent) as entries:
+                existing |= {parent / e.name for e in entries if e.name in names and e.is_dir()}
+        except OSError:  # the whole run dir is gone (job files cleaned up)
+            continue
+    return existing
+
+
 def checkpoint_list(*, job: TuningJob) -> QuerySet[Checkpoint]:
-    """A job's complete checkpoints, newest (highest step) first."""
-    return Checkpoint.objects.filter(job=job).order_by("-step", "-id")
+    """A job's checkpoints whose files still exist, newest (highest step) first.
+
+    The engine prunes to the newest ``keep_checkpoints`` directories after each save, but the
+    rows stay (the event history refers to them). So the list is the rows whose directory is
+    still on disk: one query for the job's paths and one directory listing per checkpoint root
+    (a run has one or a few), whatever the page size; the page itself is then a plain filter.
+    """
+    rows = Checkpoint.objects.filter(job=job).order_by().values_list("id", "path")
+    data_dir = Path(settings.DATA_DIR)
+    paths = {pk: data_dir / path for pk, path in rows if path}  # absolute paths ignore data_dir
+    existing = _existing_dirs(paths.values())
+    kept = [pk for pk, path in paths.items() if path in existing]
+    return Checkpoint.objects.filter(job=job, id__in=kept).order_by("-step", "-id")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from tunings.models import TuningJob
 Status = TuningJob.Status
 # Scheduling order: priority descending, then oldest first, then id (stable).
 QUEUE_ORDER = ("-priority", "created_at", "id")
+# Jobs that have not started yet: what ``MAX_QUEUED_JOBS_PER_USER`` counts.
+WAITING = (Status.VALIDATING_FILES, Status.QUEUED)
 
 
 def per_user_limit() -> int:
@@ -43,11 +45,44 @@ def running_count(owner_id: Any) -> int:
     return TuningJob.objects.filter(owner_id=owner_id, status=Status.RUNNING).count()
 
 
+def waiting_count(owner_id: Any) -> int:
+    """How many of ``owner_id``'s jobs wait to start (``validating_files`` or ``queued``)."""
+    return TuningJob.objects.filter(owner_id=owner_id, status__in=WAITING).count()
+
+
+def saturated_owner_ids(limit: int) -> QuerySet[TuningJob]:
+    """Owners who run ``limit`` or more jobs: a subquery (one ``GROUP BY ... HAVING``), not a list."""
+    return (
+        TuningJob.objects.filter(status=Status.RUNNING)
+        .order_by()
+        .values("owner_id")
+        .annotate(n=Count("id"))
+        .filter(n__gte=limit)
+        .values("owner_id")
+    )
+
+
+def claimable_jobs(queue: str | None = None) -> QuerySet[TuningJob]:
+    """Queued jobs whose owner has a free slot, in scheduling order.
+
+    The limit is applied in the query itself: an owner at the limit with any number of queued
+    jobs, at any priority, must not hide the jobs of the owners behind them. The claim
+    recounts under a row lock (``workers.scheduling``); this only picks the candidates.
+    """
+    limit = per_user_limit()
+    if limit <= 0:
+        return queued_jobs(queue).none()
+    return queued_jobs(queue).exclude(owner_id__in=saturated_owner_ids(limit))
+
+
 def eligible_count(queue: str | None = None) -> int:
-    """How many queued jobs could start right now (per owner: min(queued, free slots))."""
+    """How many queued jobs could start right now (per owner: min(queued, free slots)).
+
+    Counts over ``claimable_jobs`` (the candidates a worker would claim from) with attempts left.
+    """
     limit = per_user_limit()
     queued = dict(
-        queued_jobs(queue)
+        claimable_jobs(queue)
         .filter(attempt__lt=F("max_attempts"))
         .order_by()
         .values_list("owner_id")

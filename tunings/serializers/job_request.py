@@ -18,17 +18,19 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from registry.naming import NAME_RE
 from tuninglab.errors import InvalidRequestError
 from tunings.hyperparameters import is_int, validate_hyperparameters, validate_lora
 from tunings.models import TuningJob
 
-SUFFIX_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+SUFFIX_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}\Z")
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 SEED_MAX = 2**31 - 1
-MAX_PRIORITY = 100
+MAX_PRIORITY = 100  # the API's range is [-MAX_PRIORITY, min(USER_MAX_PRIORITY, MAX_PRIORITY)]
 MAX_GPUS = 64
 # What runs today: one training process per job. Distributed launchers (torchrun, deepspeed)
 # are refused rather than accepted and ignored.
@@ -92,6 +94,23 @@ def _validate_metadata(raw: Any) -> dict[str, str]:
         if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
             raise _bad(f"metadata values are strings of at most {MAX_METADATA_VALUE} characters.", f"metadata.{key}")
     return dict(raw)
+
+
+def _validate_priority(raw: Any) -> int:
+    """Users may lower their own job's priority, and raise it only up to ``USER_MAX_PRIORITY``.
+
+    Above that is the operators' call (admin, ``tuning_job_set_priority``): a self-set priority
+    with no ceiling lets one user's jobs jump every other user's.
+    """
+    top = min(int(settings.TUNINGLAB["USER_MAX_PRIORITY"]), MAX_PRIORITY)
+    if not is_int(raw) or not -MAX_PRIORITY <= raw <= top:
+        raise _bad(
+            f"priority must be an integer in [-{MAX_PRIORITY}, {top}] (higher runs first), got {raw!r}.",
+            "priority",
+            suggestion=f"Pass a priority of at most {top} (lower values let other jobs go first); "
+            "to run a job sooner, ask an operator to raise its priority in the admin.",
+        )
+    return raw
 
 
 def _unsupported_resource(message: str, param: str) -> InvalidRequestError:
@@ -213,7 +232,7 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
     suffix = payload.get("suffix")
     if suffix is None:
         suffix = ""
-    elif not isinstance(suffix, str) or not SUFFIX_RE.match(suffix.lower()):
+    elif not isinstance(suffix, str) or not SUFFIX_RE.fullmatch(suffix.lower()):
         raise _bad(
             "suffix must be 1..40 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter "
             "or digit.",
@@ -226,7 +245,7 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
     model_name = payload.get("model_name")
     if model_name is None:
         model_name = ""
-    elif not isinstance(model_name, str) or not NAME_RE.match(model_name):
+    elif not isinstance(model_name, str) or not NAME_RE.fullmatch(model_name):
         raise _bad(
             "model_name must be 1..64 characters: lowercase letters, digits, '.', '_' or '-', starting with a "
             "letter or digit.",
@@ -237,13 +256,7 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
     integrations = payload.get("integrations")
     if integrations not in (None, []):
         raise _bad("integrations are not supported yet; pass [] or omit it.", "integrations", code="unsupported")
-
-    priority = payload.get("priority", 0)
-    if not is_int(priority) or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-        raise _bad(
-            f"priority must be an integer in [-{MAX_PRIORITY}, {MAX_PRIORITY}] (higher runs first), got {priority!r}.",
-            "priority",
-        )
+    priority = _validate_priority(payload.get("priority", 0))
 
     return JobSpec(
         model=model,

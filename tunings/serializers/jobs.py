@@ -113,6 +113,50 @@ def job_status_to_dict(job: TuningJob, *, queue_info: QueueInfo) -> dict[str, An
     return body
 
 
+# The event ``data`` keys a tenant may see. Events also carry detail for operators (the worker's
+# host name, the child's pid, absolute checkpoint and adapter paths, the training log tail with
+# server paths in its tracebacks): it stays in the stored event (admin, logs) and is dropped here.
+# An allow-list rather than a deny-list, so a key a future event adds stays internal until listed.
+EVENT_DATA_KEYS = frozenset(
+    {
+        # state changes and their errors
+        "status",
+        "attempt",
+        "resume",
+        "queue",
+        "hyperparameters",
+        "fine_tuned_model",
+        "model_version",
+        "code",
+        "param",
+        "suggestion",
+        "retry_of",
+        "retried_as",
+        "priority",
+        "previous_priority",
+        # metrics lines (``lora_engine`` ``ProgressWriter.metrics``) and checkpoints
+        "step",
+        "total_steps",
+        "epoch",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "trained_tokens",
+        "progress",
+        "eta_s",
+        "eval_loss",
+    }
+)
+
+
+def event_data_for_tenant(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The tenant-visible part of an event's ``data``: only ``EVENT_DATA_KEYS``."""
+    if not isinstance(data, dict):
+        return None if data is None else {}
+    return {key: value for key, value in data.items() if key in EVENT_DATA_KEYS}
+
+
 def event_to_dict(event: JobEvent) -> dict[str, Any]:
     return {
         "object": "fine_tuning.job.event",
@@ -121,11 +165,12 @@ def event_to_dict(event: JobEvent) -> dict[str, Any]:
         "level": event.level,
         "message": event.message,
         "type": event.type,
-        "data": event.data,
+        "data": event_data_for_tenant(event.data),
     }
 
 
 def checkpoint_to_dict(checkpoint: Checkpoint, job: TuningJob) -> dict[str, Any]:
+    """A checkpoint by its step and model name; ``Checkpoint.path`` (a server path) stays internal."""
     return {
         "object": "fine_tuning.job.checkpoint",
         "id": checkpoint.id,

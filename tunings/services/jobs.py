@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from registry.models import BaseModel
 from registry.naming import default_model_name
-from tuninglab.errors import IdempotencyError, InvalidRequestError, NotFoundError
+from tuninglab.errors import IdempotencyError, InvalidRequestError, NotFoundError, TooManyRequestsError
 from tunings.hyperparameters import resolve_hyperparameters
 from tunings.models import TrainingFile, TuningJob
+from tunings.selectors.queue import waiting_count
 from tunings.serializers.job_request import JobSpec
 from tunings.services.dispatch import dispatch_job
 from tunings.services.state import job_event_add, tuning_job_queue
@@ -58,6 +60,24 @@ def _lock_live_files(*, files: list[TrainingFile | None]) -> None:
             raise NotFoundError(f"No such file: {file.id}.", code="not_found", param=param)
 
 
+def _check_queued_quota(*, owner: Any) -> None:
+    """Refuse one more waiting job over ``MAX_QUEUED_JOBS_PER_USER`` (call inside the create's transaction).
+
+    Locks the owner's user row first, so two concurrent creates cannot both take the last place
+    (the claim locks the same row; SQLite serialises writers anyway).
+    """
+    cap = int(settings.TUNINGLAB["MAX_QUEUED_JOBS_PER_USER"])
+    list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk", flat=True))
+    waiting = waiting_count(owner.pk)
+    if waiting >= cap:
+        raise TooManyRequestsError(
+            f"You have {waiting} jobs waiting to start; at most {cap} may wait at once.",
+            code="too_many_queued_jobs",
+            suggestion="Wait until some of your queued jobs start, or cancel the ones you no longer need "
+            "(POST /v1/fine_tuning/jobs/<id>/cancel), then create this job again.",
+        )
+
+
 def queue_for_resources(resources: dict[str, Any]) -> str:
     """Celery queue by resources: any GPU → ``gpu``, else ``cpu``."""
     return "gpu" if int(resources.get("gpus") or 0) > 0 else "cpu"
@@ -73,6 +93,8 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         NotFoundError: a file that does not exist or belongs to someone else (param names the field).
         InvalidRequestError: unknown base model, unvalidated file, ...
         IdempotencyError: ``idempotency_key`` already created another job of this owner.
+        TooManyRequestsError: ``too_many_queued_jobs``, the owner already has
+            ``MAX_QUEUED_JOBS_PER_USER`` jobs waiting to start.
     """
     base_model = BaseModel.objects.filter(name=spec.model).first()
     if base_model is None:
@@ -94,6 +116,7 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
     )
     queue = queue_for_resources(spec.resources)
     with transaction.atomic():
+        _check_queued_quota(owner=owner)
         # Lock the files and re-check them: a concurrent delete either committed first (we
         # answer 404 here) or waits for our job to commit and then refuses with file_in_use.
         _lock_live_files(files=[training, validation])

@@ -87,7 +87,7 @@ def tuning_job_claim(*, job_id: str, worker_id: str) -> TuningJob | None:
     job = TuningJob.objects.get(id=job_id)
     job_event_add(
         job_id=job_id,
-        message=f"Attempt {job.attempt} started on {worker_id}.",
+        message=f"Attempt {job.attempt} started.",  # the worker is in data: for operators, not the tenant
         data={"status": Status.RUNNING, "attempt": job.attempt, "worker": worker_id},
     )
     return job

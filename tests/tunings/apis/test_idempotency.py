@@ -150,12 +150,16 @@ def test_it_creates_exactly_one_job_for_20_concurrent_requests_with_one_key(
     for thread in threads:
         thread.join(timeout=90)
 
-    statuses = sorted(status for status, _, _ in results)
-    assert statuses == [200] * 20, results
-    job_ids = {body["id"] for _, body, _ in results}
+    assert len(results) == 20
+    # A duplicate waits about a second for the first answer; one still waiting after that gets
+    # 409 idempotency_request_in_progress (retry later) rather than holding a web worker.
+    answered = [(body, replayed) for status, body, replayed in results if status == 200]
+    busy = [body for status, body, _ in results if status != 200]
+    assert all(body["error"]["code"] == "idempotency_request_in_progress" for body in busy), busy
+    job_ids = {body["id"] for body, _ in answered}
     assert len(job_ids) == 1
-    # one request ran, the 19 others waited for its answer and replayed it
-    assert sorted(replayed for _, _, replayed in results) == [False] + [True] * 19
+    # one request ran, the others replayed its answer (or were told to retry)
+    assert sorted(replayed for _, replayed in answered) == [False] + [True] * (len(answered) - 1)
     assert TuningJob.objects.count() == 1
     assert TuningJob.objects.get().id in job_ids
     assert IdempotencyRecord.objects.count() == 1

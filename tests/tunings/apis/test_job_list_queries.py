@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -22,7 +24,9 @@ Status = TuningJob.Status
 # (1), then queue info for the page: queued ids in claim order (1), running ETAs (1), typical duration
 # (1 per queue on the page, 2 here). Any per-row query would make the 100-job page cost more.
 MAX_JOB_LIST_QUERIES = 6
-MAX_CHILD_LIST_QUERIES = 3  # the API key, the job (owner and base model joined), the page
+# The API key, the job (owner and base model joined), the page; checkpoints add the job's
+# checkpoint paths (one query) to list only those whose files still exist.
+MAX_CHILD_LIST_QUERIES = 4
 
 
 def _mix(index: int) -> dict:
@@ -147,6 +151,8 @@ def _job_with_children(user, llama, count: int) -> TuningJob:
     Checkpoint.objects.bulk_create(
         Checkpoint(job=job, step=step, metrics={"loss": 1.0 / (step + 1)}, path=f"ckpt/{step}") for step in range(count)
     )
+    for step in range(count):  # the list shows only checkpoints whose files still exist
+        (Path(settings.DATA_DIR) / "ckpt" / str(step)).mkdir(parents=True)
     return job
 
 

@@ -223,6 +223,8 @@ def test_it_answers_201_on_our_own_create_routes(api_client, job_body, dispatche
         ({"metadata": {"k": 1}}, 400, "invalid_value", "metadata.k"),
         ({"metadata": ["k"]}, 400, "invalid_type", "metadata"),
         ({"priority": 1000}, 400, "invalid_value", "priority"),
+        ({"priority": 1}, 400, "invalid_value", "priority"),
+        ({"priority": -101}, 400, "invalid_value", "priority"),
         ({"resources": {"gpus": -1}}, 400, "invalid_value", "resources.gpus"),
         ({"resources": {"tpus": 1}}, 400, "unknown_parameter", "resources.tpus"),
         ({"resources": {"nproc": 2}}, 400, "unsupported_resource", "resources.nproc"),
@@ -344,3 +346,47 @@ def test_it_creates_jobs_the_worker_can_turn_into_an_engine_config(create_job, u
         assert built.ignored == [], body
         assert built.config.method == job.method
         assert built.config.learning_rate == pytest.approx(job.resolved_hyperparameters["learning_rate"])
+
+
+def test_it_lets_users_lower_their_priority_but_raise_it_only_to_the_operators_cap(
+    api_client, create_job, job_body, settings
+):
+    assert create_job(priority=-100)["priority"] == -100
+    response = post(api_client, {**job_body, "priority": 1})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", "priority")
+    assert "[-100, 0]" in error["message"]
+    assert "operator" in error["suggestion"]
+
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "USER_MAX_PRIORITY": 10}
+    assert create_job(priority=10)["priority"] == 10
+    response = post(api_client, {**job_body, "priority": 11})
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "priority")
+
+
+def test_it_refuses_one_more_waiting_job_than_the_per_user_cap_with_429(
+    api_client, other_api_client, create_job, job_body, other_user, dispatched, settings
+):
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "MAX_QUEUED_JOBS_PER_USER": 2}
+    first = create_job()["id"]
+    create_job()
+
+    response = post(api_client, {**job_body, "priority": -5})
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["code"] == "too_many_queued_jobs"
+    assert error["type"] == "rate_limit_error"
+    assert "2 jobs waiting" in error["message"] and "at most 2" in error["message"]
+    assert "cancel" in error["suggestion"]
+    assert TuningJob.objects.count() == 2
+    assert len(dispatched) == 2
+
+    # The cap is per owner: another user still gets in.
+    theirs = make_file(other_user)
+    response = post(other_api_client, {**job_body, "training_file": theirs.id})
+    assert response.status_code == 200, response.json()
+
+    # A job that starts (or finishes) no longer waits, so its place frees up.
+    TuningJob.objects.filter(id=first).update(status=TuningJob.Status.RUNNING)
+    assert create_job()["status"] == "queued"

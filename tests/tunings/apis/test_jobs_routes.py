@@ -160,9 +160,10 @@ def test_it_lists_events_newest_first_with_pagination(api_client, create_job):
     assert page3["has_more"] is False
 
 
-def test_it_lists_checkpoints_highest_step_first(api_client, create_job):
+def test_it_lists_checkpoints_highest_step_first(api_client, create_job, settings):
     job_id = create_job(suffix="bot")["id"]
     for step in (10, 20, 30):
+        (settings.DATA_DIR / "ckpt" / str(step)).mkdir(parents=True)  # only checkpoints on disk are listed
         Checkpoint.objects.create(job_id=job_id, step=step, path=f"ckpt/{step}", metrics={"train_loss": 1 / step})
     for route in (f"/v1/tunings/{job_id}/checkpoints/", f"/v1/fine_tuning/jobs/{job_id}/checkpoints"):
         body = api_client.get(route, {"limit": 2}).json()
@@ -257,7 +258,8 @@ def test_it_filters_jobs_by_status_model_and_metadata(api_client, create_job, us
     assert response.status_code == 400
 
 
-def test_it_reports_queue_positions_by_priority_then_age(api_client, create_job, user):
+def test_it_reports_queue_positions_by_priority_then_age(api_client, create_job, user, settings):
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "USER_MAX_PRIORITY": 5}  # let the API raise a job's priority
     first = create_job()["id"]
     second = create_job()["id"]
     urgent = create_job(priority=5)["id"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import openai
 import pytest
+from django.conf import settings
 
 from tunings.models import Checkpoint, TuningJob
 from tunings.services import state
@@ -43,6 +46,7 @@ def test_it_serves_the_openai_fine_tuning_client(openai_client, llama, training_
 
     for step in (5, 10):
         Checkpoint.objects.create(job_id=job.id, step=step, path=f"c/{step}", metrics={"train_loss": 1.0})
+        (Path(settings.DATA_DIR) / "c" / str(step)).mkdir(parents=True)  # listed only while the files exist
     checkpoints = openai_client.fine_tuning.jobs.checkpoints.list(job.id)
     assert [c.step_number for c in checkpoints.data] == [10, 5]
 

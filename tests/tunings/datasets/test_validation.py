@@ -104,3 +104,54 @@ def test_it_uses_a_given_tokenizer_for_the_estimate():
     )
     # 12 examples x 2 messages x (1 token + 4 template tokens)
     assert report.stats.token_estimate == 12 * 2 * 5
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _sharegpt_line(tools) -> str:
+    return json.dumps(
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}], "tools": tools}
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # json.loads manages ~900 levels but rendering the tools into the prompt does not
+        _sharegpt_line(_nested(900)),
+        # a tools value written as a JSON string is parsed a second time
+        _sharegpt_line("[" * 50_000 + "]" * 50_000),
+        "[" * 100_000,
+        '{"prompt": ' * 20_000 + '"p"' + "}" * 20_000,
+    ],
+    ids=["tools-list", "tools-json-string", "open-brackets", "nested-objects"],
+)
+def test_it_reports_deep_nesting_as_a_line_error(line):
+    good = [_sharegpt_line([{"name": f"tool_{i}"}]) for i in range(10)]
+    body = "\n".join([*good[:3], line, *good[3:]]).encode()
+    report = validate_jsonl(io.BytesIO(body), max_line_bytes=1024 * 1024, min_examples=1)
+    assert [(e["line"], e["code"]) for e in report.errors] == [(4, "nesting_too_deep")]
+    assert report.example_count == 10
+
+
+def test_it_accepts_ordinary_nesting_in_tool_schemas():
+    tools = [{"name": "f", "parameters": {"type": "object", "properties": {"a": {"items": _nested(20)}}}}]
+    report = validate_jsonl(io.BytesIO(_sharegpt_line(tools).encode()), max_line_bytes=1024 * 1024, min_examples=1)
+    assert report.ok, report.errors
+
+
+def test_it_keeps_a_line_separator_inside_a_string_and_strips_the_bom():
+    # U+2028 / U+2029 / U+0085 are valid raw characters inside a JSON string; only "\n" ends a line.
+    lines = [
+        json.dumps({"prompt": f"first\u2028second {i}", "completion": "third\u2029fourth\x85fifth"}, ensure_ascii=False)
+        for i in range(10)
+    ]
+    body = b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n"
+    report = validate_jsonl(io.BytesIO(body), max_line_bytes=1024, min_examples=10)
+    assert report.ok, report.errors
+    assert report.example_count == 10
