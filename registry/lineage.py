@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -87,23 +87,32 @@ def environment(*, device: str | None) -> dict[str, Any]:
     }
 
 
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+def finite(value: Any) -> float | None:
+    """A finite JSON number as a float; None for anything else (null, NaN, booleans, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def metrics_lines(path: Path | None) -> Iterator[dict[str, Any]]:
+    """The ``metrics`` protocol lines of a run's ``metrics.jsonl`` (every attempt appends to it)."""
+    if path is None or not path.is_file():
+        return
+    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = protocol.parse_line(raw).obj
+        if line is not None and line["type"] == protocol.METRICS:
+            yield line
 
 
 def metrics_from_log(path: Path | None) -> dict[str, Any]:
     """Final and best train/eval loss from a run's ``metrics.jsonl`` (every attempt appends to it)."""
     losses: list[float] = []
     eval_losses: list[float] = []
-    if path is not None and path.is_file():
-        for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = protocol.parse_line(raw).obj
-            if line is None or line["type"] != protocol.METRICS:
-                continue
-            if (loss := _finite(line.get("loss"))) is not None:
-                losses.append(loss)
-            if (eval_loss := _finite(line.get("eval_loss"))) is not None:
-                eval_losses.append(eval_loss)
+    for line in metrics_lines(path):
+        if (loss := finite(line.get("loss"))) is not None:
+            losses.append(loss)
+        if (eval_loss := finite(line.get("eval_loss"))) is not None:
+            eval_losses.append(eval_loss)
     return {
         "best_train_loss": min(losses) if losses else None,
         "best_eval_loss": min(eval_losses) if eval_losses else None,

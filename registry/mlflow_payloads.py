@@ -7,7 +7,6 @@ Pure functions of the registry rows and the files they point at (no MLflow calls
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from mlflow.entities import Metric
 
-from lora_engine import protocol
+from registry.lineage import finite, metrics_lines
 from registry.models import Alias, Evaluation, ModelVersion
 
 # Engine config fields that are paths on a worker or per-attempt switches, not settings of the run.
@@ -79,13 +78,9 @@ def step_metrics(version: ModelVersion) -> list[Metric]:
     Every attempt appends to the file, and a resumed attempt repeats the steps after its
     checkpoint: the last value of a step wins (it is the one the saved weights came from).
     """
-    path = metrics_file(version)
-    if path is None:
-        return []
     latest: dict[tuple[str, int], float] = {}
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = protocol.parse_line(raw).obj
-        if line is None or line["type"] != protocol.METRICS or not isinstance(line.get("step"), int):
+    for line in metrics_lines(metrics_file(version)):
+        if not isinstance(line.get("step"), int):
             continue
         for key, value in line.items():
             number = finite(value)
@@ -177,12 +172,6 @@ def metric_key(*parts: str) -> str:
 def param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text[:PARAM_VALUE_MAX_CHARS]
-
-
-def finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def numbers(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], float]]:

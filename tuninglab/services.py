@@ -56,3 +56,14 @@ def user_get_or_create(*, username: str) -> Any:
             return User.objects.create_user(username=username, password=None)
     except IntegrityError:
         return User.objects.get(username=username)
+
+
+def user_row_lock(*, user_id: Any) -> None:
+    """Lock the user's row until the current transaction ends (call inside ``transaction.atomic``).
+
+    Per-owner limits are a count followed by a write (a claim within the concurrency limit, a
+    job within the queued cap, an evaluation within the pending cap); taking this lock first
+    makes two such sequences of one owner run one after the other, so neither can take the
+    last place twice (PostgreSQL; SQLite serialises writers anyway).
+    """
+    get_user_model().objects.select_for_update().filter(pk=user_id).values_list("pk").first()

@@ -416,7 +416,7 @@ class JobRunner:
                         "duration_s": round(time.monotonic() - self.started, 3),
                     },
                     config=self.config.to_dict(),
-                    metrics_file=self.paths.run_dir / "metrics.jsonl",
+                    metrics_file=Path(self.config.metrics_file) if self.config.metrics_file else None,
                     device=d.get("device"),
                 )
                 versions.append(mv.id)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from tuninglab.services import user_row_lock
 from tunings.models import TuningJob
 from tunings.selectors.queue import claimable_jobs, per_user_limit, running_count
 from tunings.services.state import tuning_job_claim, tuning_job_fail
@@ -42,7 +42,7 @@ def _claim_within_limit(*, job_id: str, owner_id: Any, worker_id: str, limit: in
     """Claim ``job_id`` if its owner has a free slot. Returns (job or None, owner_saturated)."""
     with transaction.atomic():
         # Serialise claims per owner: count + claim must not interleave with another worker's.
-        list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk", flat=True))
+        user_row_lock(user_id=owner_id)
         if running_count(owner_id) >= limit:
             return None, True
         return tuning_job_claim(job_id=job_id, worker_id=worker_id), False

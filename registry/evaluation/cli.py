@@ -1,24 +1,13 @@
-"""Shared parts of ``manage.py evaluate`` and ``manage.py compare``: owner lookup and printing."""
+"""Shared printing of ``manage.py evaluate`` and ``manage.py compare``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.core.management.base import CommandError
-
 from registry.evaluation.report import METRIC_LABELS
 
 # Metrics printed for an evaluation, in this order (counts last).
 PRINTED_METRICS = ("exact_match", "rouge_l", "bleu", "chrf", "judge", "loss", "perplexity")
-
-
-def owner_get(username: str) -> Any:
-    """The user named ``username``, or a CommandError."""
-    owner = get_user_model().objects.filter(username=username).first()
-    if owner is None:
-        raise CommandError(f"[owner_not_found] No user {username!r}.")
-    return owner
 
 
 def metric_lines(metrics: dict[str, Any]) -> list[str]:

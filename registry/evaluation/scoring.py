@@ -8,7 +8,6 @@ The result is plain JSON-ready data: file-level metrics and one row per example.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from registry.evaluation import errors
 from registry.evaluation.errors import EvaluationError
 from registry.evaluation.judge import judge_examples
 from registry.evaluation.metrics import corpus_scores, example_scores
+from registry.lineage import finite  # JSON (and PostgreSQL's jsonb) has no Infinity/NaN
 
 log = logging.getLogger(__name__)
 MAX_STORED_CHARS = 2000  # per prompt message / reference / prediction in a stored row
@@ -41,11 +41,6 @@ class SideResult:
 
     metrics: dict[str, Any]
     examples: list[dict[str, Any]]
-
-
-def _finite(value: float) -> float | None:
-    # JSON (and PostgreSQL's jsonb) has no Infinity/NaN.
-    return value if math.isfinite(value) else None
 
 
 def _clip(text: str) -> str:
@@ -88,8 +83,8 @@ def score_model(*, spec: ModelSpec, dataset_path: Path, options: dict[str, Any])
     per_example = [example_scores(p, r) for p, r in zip(predictions, references, strict=True)]
     metrics: dict[str, Any] = {
         **corpus_scores(predictions, references, per_example),
-        "loss": _finite(result.mean_loss),
-        "perplexity": _finite(result.perplexity),
+        "loss": finite(result.mean_loss),
+        "perplexity": finite(result.perplexity),
         "examples": len(result.examples),
         "file_examples": result.num_records,
         "reference_tokens": result.reference_tokens,
@@ -116,7 +111,7 @@ def score_model(*, spec: ModelSpec, dataset_path: Path, options: dict[str, Any])
             "prompt": [{"role": m["role"], "content": _clip(m["content"])} for m in ex.prompt],
             "reference": _clip(ex.reference),
             "prediction": _clip(ex.prediction),
-            "loss": _finite(ex.loss),
+            "loss": finite(ex.loss),
             "reference_tokens": ex.reference_tokens,
             "truncated": ex.truncated,
             "scores": scores,

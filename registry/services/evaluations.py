@@ -23,6 +23,7 @@ from registry.models import BaseModel, Comparison, Evaluation, ModelVersion, Run
 from registry.services.notify import request_comparison, request_evaluation
 from tuninglab.celery import QUEUE_NAMES
 from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError
+from tuninglab.services import user_row_lock
 
 PROCESSED = "processed"  # TrainingFile.Status.PROCESSED (registry does not import tunings)
 # Upper bound of runs one sweep fails or re-sends per kind (a backlog is worked off over sweeps).
@@ -60,7 +61,7 @@ def _check_pending_limit(owner: Any) -> None:
     makes concurrent creates of one owner count one after the other.
     """
     limit = int(settings.TUNINGLAB["MAX_PENDING_EVALUATIONS_PER_USER"])
-    type(owner).objects.select_for_update().filter(pk=owner.pk).values_list("pk").first()
+    user_row_lock(user_id=owner.pk)
     pending = (RunStatus.QUEUED, RunStatus.RUNNING)
     count = (
         Evaluation.objects.filter(owner=owner, status__in=pending).exclude(options__source="auto").count()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.tuninglab.conftest import fake_base_model, hf_model_dir, training_file  # noqa: F401
+from tests.workers.conftest import make_training_file
 from tunings.models import TuningJob
 
 
@@ -51,7 +54,6 @@ def write_peft_adapter(out_dir, base_dir, *, rank: int = 8, modules=("q_proj", "
     per targeted layer, shapes read from the base's safetensors header. ``config_rank`` lets the
     config claim another r than the tensors hold; a module not in LORA_MODULE_PATHS (e.g.
     ``lm_head``) is a top-level layer."""
-    import json
     from pathlib import Path
 
     import torch
@@ -147,30 +149,10 @@ def tiny_adapter_version(tiny_base, peft_adapter, make_version):
 def make_dataset(db, user, settings):
     """``make_dataset(records=None, *, content=None, owner=None, name="eval.jsonl")``: a processed
     file row; ``records`` (dicts) are written as JSONL, or ``content`` bytes as they are."""
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from tunings.models import TrainingFile
 
     def make(records=None, *, content: bytes | None = None, owner=None, name: str = "eval.jsonl"):
         if content is None:
             content = "".join(json.dumps(r) + "\n" for r in records).encode()
-        digest = hashlib.sha256(content).hexdigest()
-        rel = Path("files") / f"{digest}.jsonl"
-        path = Path(settings.DATA_DIR) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        return TrainingFile.objects.create(
-            owner=owner or user,
-            filename=name,
-            purpose="fine-tune",
-            sha256=digest,
-            bytes=len(content),
-            storage_path=str(rel),
-            format="openai_chat",
-            example_count=content.count(b"\n"),
-            status=TrainingFile.Status.PROCESSED,
-        )
+        return make_training_file(owner or user, settings, name=name, content=content)
 
     return make

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from registry.models import BaseModel
 from registry.naming import default_model_name
 from tuninglab.errors import IdempotencyError, InvalidRequestError, NotFoundError, TooManyRequestsError
+from tuninglab.services import user_row_lock
 from tunings.hyperparameters import resolve_hyperparameters
 from tunings.models import TrainingFile, TuningJob
 from tunings.selectors.queue import waiting_count
@@ -67,7 +67,7 @@ def _check_queued_quota(*, owner: Any) -> None:
     (the claim locks the same row; SQLite serialises writers anyway).
     """
     cap = int(settings.TUNINGLAB["MAX_QUEUED_JOBS_PER_USER"])
-    list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk", flat=True))
+    user_row_lock(user_id=owner.pk)
     waiting = waiting_count(owner.pk)
     if waiting >= cap:
         raise TooManyRequestsError(

@@ -13,9 +13,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from registry.evaluation.cli import owner_get
 from registry.evaluation.report import METRIC_LABELS, comparison_markdown
 from registry.evaluation.runner import comparison_run
+from registry.management.command_helpers import owner_by_username
 from registry.models import RunStatus
 from registry.selectors import evaluation_dataset_get, model_version_get
 from registry.services.evaluations import comparison_create
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         parser.add_argument("--markdown", action="store_true", help="Print the result as Markdown.")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        owner = owner_get(opts["owner"])
+        owner = owner_by_username(opts["owner"])
         options = {k: opts[k] for k in ("max_examples", "max_new_tokens") if opts[k] is not None}
         run_here = opts["wait"] or settings.TUNINGLAB_INPROCESS_WORKER
         if opts["a"] == BASE and opts["b"] == BASE:

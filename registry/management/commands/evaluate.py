@@ -14,8 +14,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from registry.evaluation.cli import metric_lines, owner_get
+from registry.evaluation.cli import metric_lines
 from registry.evaluation.runner import evaluation_run
+from registry.management.command_helpers import owner_by_username
 from registry.models import RunStatus
 from registry.selectors import evaluation_dataset_get, model_version_get
 from registry.services.evaluations import evaluation_create
@@ -37,7 +38,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="Run it here and print the metrics.")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        owner = owner_get(opts["owner"])
+        owner = owner_by_username(opts["owner"])
         options = {k: opts[k] for k in ("max_examples", "max_new_tokens") if opts[k] is not None}
         run_here = opts["wait"] or settings.TUNINGLAB_INPROCESS_WORKER
         try:

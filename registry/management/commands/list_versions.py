@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from registry.management.commands.promote import command_error, owner_by_username
+from registry.management.command_helpers import command_error, owner_by_username
 from registry.selectors import model_version_list, registered_model_get
 from tuninglab.errors import ApiError
 

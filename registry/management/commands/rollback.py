@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from registry.management.commands.promote import command_error, move_text, owner_by_username
+from registry.management.command_helpers import command_error, move_text, owner_by_username
 from registry.services.aliases import DEFAULT_ALIAS, model_rollback
 from tuninglab.errors import ApiError
 
