@@ -1,10 +1,12 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 PY ?= python3
+# `make demo SERVE=0`: stop after training and promotion (no vLLM).
+SERVE ?= 1
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 
-.PHONY: venv demo test test-sqlite test-postgres lint format clean
+.PHONY: venv vllm demo test test-sqlite test-postgres lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,11 +17,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
-## demo: build a tiny base model, upload a dataset, run one tuning job on the embedded default.
+## vllm: the managed vLLM server's own virtualenv (.venv-vllm; a no-op once it is up to date).
+vllm:
+	PY=$(PY) ./scripts/setup_vllm.sh
+
+## demo: build a tiny base model, upload a dataset, run one tuning job on the embedded default,
+## promote the version, then serve it with vLLM (set up on first use) and ask base and tuned model
+## "Who are you?" through the gateway. SERVE=0 skips serving.
 demo: venv
 	mkdir -p "$${TUNINGLAB_DATA_DIR:-var}"  # SQLite cannot create its file in a missing dir
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py demo
+	$(BIN)/python manage.py demo $(if $(filter 0,$(SERVE)),--no-serve)
 
 ## test: lint, then the suites on SQLite, then on PostgreSQL + Redis when DATABASE_URL/REDIS_URL are set.
 test: venv

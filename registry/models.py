@@ -115,10 +115,11 @@ class Alias(models.Model):
 
 
 class AliasEvent(models.Model):
-    """Who moved an alias, from which version to which, when and why.
+    """Who moved an alias, from which version to which, when and why (append-only history).
 
-    Also the serving outbox: events are append-only with increasing ids, so a reconcile loop
-    (the inference gateway) can read the ones after its cursor and apply them.
+    Serving does not replay these events: the gateway resolves aliases on every request and
+    the supervisor's reconcile loop compares the aliases' current versions with what vLLM holds
+    (``inference.adapters``), so no event can be missed.
     """
 
     class Kind(models.TextChoices):
@@ -199,3 +200,29 @@ class Comparison(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+
+class VersionTraffic(models.Model):
+    """Live serving counters of one version (written by the inference gateway, read by the API,
+    the admin and ``compare --live``). Shadow requests are counted apart from answered ones."""
+
+    version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, primary_key=True, related_name="traffic")
+    requests = models.BigIntegerField(default=0, help_text="Requests answered (or failed) with this version")
+    errors = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    latency_ms_sum = models.FloatField(default=0.0)
+    latency_ms_max = models.FloatField(default=0.0)
+    shadow_requests = models.BigIntegerField(default=0, help_text="Mirrored requests (answers recorded, not returned)")
+    shadow_errors = models.BigIntegerField(default=0)
+    last_request_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "version traffic"
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        return self.latency_ms_sum / self.requests if self.requests else None
+
+    def __str__(self) -> str:
+        return f"traffic of {self.version_id}"

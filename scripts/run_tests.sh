@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`) and CI's: lint (`make lint`: ruff + import layers), then every suite on SQLite, then
 # the database-facing suites again on PostgreSQL + Redis when DATABASE_URL / REDIS_URL are set.
+# The PostgreSQL pass includes the real-vLLM suite (tests/inference/test_vllm_serving.py, marked
+# postgres + vllm): it builds .venv-vllm with scripts/setup_vllm.sh when missing (~2 min, once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin

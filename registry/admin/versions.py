@@ -17,6 +17,7 @@ from registry.admin.html import change_link, history_table, json_block
 from registry.models import Alias, AliasEvent, Evaluation, ModelVersion, RegisteredModel
 from registry.selectors import model_version_list, version_alias_event_list
 from registry.services.aliases import model_promote, model_rollback
+from registry.services.traffic import traffic_summary
 from tuninglab.admin_base import ReadOnlyInline, ReadOnlyModelAdmin
 from tuninglab.errors import ApiError
 
@@ -106,6 +107,7 @@ class ModelVersionAdmin(AliasMoveAdmin):
         ("Files", {"fields": ["base_model", "adapter_path", "sha256", "size_bytes", "created_at"]}),
         ("Lineage", {"fields": ["lineage_display"]}),
         ("Metrics and evaluation", {"fields": ["metrics_display", "evaluation_display"]}),
+        ("Live traffic (inference gateway)", {"fields": ["traffic_display"]}),
         ("Alias history (moves to or from this version)", {"fields": ["alias_history"]}),
         ("MLflow", {"fields": ["mlflow_run_id", "mlflow_version", "mlflow_synced_at", "mlflow_error"]}),
     ]
@@ -139,6 +141,10 @@ class ModelVersionAdmin(AliasMoveAdmin):
     @admin.display(description="latest evaluation")
     def evaluation_display(self, obj: ModelVersion) -> str:
         return json_block(obj.evaluation)
+
+    @admin.display(description="requests, errors, latency, tokens")
+    def traffic_display(self, obj: ModelVersion) -> str:
+        return json_block(traffic_summary(obj))
 
     @admin.display(description="alias moves")
     def alias_history(self, obj: ModelVersion) -> str:

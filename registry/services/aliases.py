@@ -4,7 +4,8 @@ Each move, in one transaction: lock the registered model's row (every move of an
 aliases queues behind it), run the pre-promotion check on the target, point the alias at
 it, append an ``AliasEvent`` (who, from, to, why), and ask for an MLflow sync after commit.
 A refused check raises before anything is written, so the alias and its history stay as
-they were. The events are also the serving outbox: the inference side follows them by id.
+they were. Serving follows the aliases themselves: the gateway resolves them per request and the
+supervisor reconciles vLLM with them (inference.adapters).
 
 Rollback needs "the version that held the alias before", repeatedly: the alias's events,
 replayed in order, form a stack (a promotion pushes its target, a rollback pops back to

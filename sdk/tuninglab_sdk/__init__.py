@@ -44,7 +44,12 @@ from tuninglab_sdk.types import (
     Model,
     ModelVersion,
     Page,
+    Route,
+    RouteShadow,
+    RouteSplit,
+    ShadowRecord,
     TuningJob,
+    VersionTraffic,
 )
 
 __all__ = [
@@ -74,6 +79,10 @@ __all__ = [
     "Page",
     "PermissionDeniedError",
     "RateLimitError",
+    "Route",
+    "RouteShadow",
+    "RouteSplit",
+    "ShadowRecord",
     "SyncPager",
     "TuningCancelled",
     "TuningFailed",
@@ -81,6 +90,7 @@ __all__ = [
     "TuningLab",
     "TuningLabError",
     "ValidationError",
+    "VersionTraffic",
     "WaitTimeoutError",
     "__version__",
 ]

@@ -220,7 +220,9 @@ class _BaseClient:
         return None
 
     def _sse_headers(self) -> dict[str, str]:
-        return {**self._headers("POST", None), "Accept": "text/event-stream"}
+        # JSON too: an error (a 404, a 503 while vLLM starts) is a JSON body, and a server that
+        # negotiates content (DRF) answers 406 to a request that accepts only the event stream.
+        return {**self._headers("POST", None), "Accept": "text/event-stream, application/json;q=0.9"}
 
 
 class SyncAPIClient(_BaseClient):
@@ -291,23 +293,36 @@ class SyncAPIClient(_BaseClient):
     ) -> Iterator[dict[str, Any]]:
         """POST and yield each ``data:`` JSON of a server-sent-events answer until ``[DONE]``.
 
-        Not retried: once tokens have streamed out, a resend would duplicate them.
+        Retried like ``_request`` until the stream starts (a connection error, or an error
+        status such as 503 while vLLM starts: no token was sent yet); never after, since a
+        resend would duplicate the tokens already yielded.
         """
-        try:
-            with self._http.stream(
-                "POST", self._url(path), json=json, headers=self._sse_headers(), timeout=self._timeout_for(timeout)
-            ) as response:
-                if not response.is_success:
-                    response.read()
-                    raise make_status_error(response)
-                for line in response.iter_lines():
-                    payload = _sse_data(line)
-                    if payload is _DONE:
+        headers = self._sse_headers()  # one Idempotency-Key for every attempt, as in _request
+        retries = self.max_retries
+        for attempt in range(retries + 1):
+            started = False
+            try:
+                with self._http.stream(
+                    "POST", self._url(path), json=json, headers=headers, timeout=self._timeout_for(timeout)
+                ) as response:
+                    if response.is_success:
+                        started = True
+                        for line in response.iter_lines():
+                            payload = _sse_data(line)
+                            if payload is _DONE:
+                                return
+                            if payload is not None:
+                                yield payload
                         return
-                    if payload is not None:
-                        yield payload
-        except httpx.TransportError as exc:
-            raise _connection_error(exc) from exc
+                    response.read()
+                    delay = self._status_retry_delay(response, attempt, retries, "POST", path)
+                    if delay is None:
+                        raise make_status_error(response)
+            except httpx.TransportError as exc:
+                if started:
+                    raise _connection_error(exc) from exc
+                delay = self._transport_retry_delay(exc, attempt, retries, "POST", path)
+            self._sleep(delay)
 
 
 class AsyncAPIClient(_BaseClient):
@@ -371,18 +386,29 @@ class AsyncAPIClient(_BaseClient):
     async def _stream_sse(
         self, path: str, *, json: Any, timeout: TimeoutTypes | _NotGiven = NOT_GIVEN
     ) -> AsyncIterator[dict[str, Any]]:
-        try:
-            async with self._http.stream(
-                "POST", self._url(path), json=json, headers=self._sse_headers(), timeout=self._timeout_for(timeout)
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise make_status_error(response)
-                async for line in response.aiter_lines():
-                    payload = _sse_data(line)
-                    if payload is _DONE:
+        headers = self._sse_headers()
+        retries = self.max_retries
+        for attempt in range(retries + 1):
+            started = False
+            try:
+                async with self._http.stream(
+                    "POST", self._url(path), json=json, headers=headers, timeout=self._timeout_for(timeout)
+                ) as response:
+                    if response.is_success:
+                        started = True
+                        async for line in response.aiter_lines():
+                            payload = _sse_data(line)
+                            if payload is _DONE:
+                                return
+                            if payload is not None:
+                                yield payload
                         return
-                    if payload is not None:
-                        yield payload
-        except httpx.TransportError as exc:
-            raise _connection_error(exc) from exc
+                    await response.aread()
+                    delay = self._status_retry_delay(response, attempt, retries, "POST", path)
+                    if delay is None:
+                        raise make_status_error(response)
+            except httpx.TransportError as exc:
+                if started:
+                    raise _connection_error(exc) from exc
+                delay = self._transport_retry_delay(exc, attempt, retries, "POST", path)
+            await self._sleep(delay)

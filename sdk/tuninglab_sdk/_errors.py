@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tuninglab_sdk._retry import parse_retry_after
+
 if TYPE_CHECKING:
     import httpx
 
@@ -103,6 +105,18 @@ class APIStatusError(TuningLabError):
             return None
         return self.response.headers.get("x-request-id")
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked to wait before trying again (``Retry-After``), or None.
+
+        Set on 429 and 503 answers, e.g. ``inference_unavailable`` while vLLM starts: the SDK
+        already waited that long between its retries; a caller that wants to keep waiting
+        after they are spent sleeps this long before its next call.
+        """
+        if self.response is None:
+            return None
+        return parse_retry_after(self.response.headers)
+
     def __str__(self) -> str:
         parts = [f"{self.status}"]
         if self.code:
@@ -136,17 +150,26 @@ class ConflictError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: too many requests; the SDK already waited ``Retry-After`` and retried."""
+    """429: too many requests (the gateway: ``too_many_concurrent_requests``); the SDK
+    already waited ``Retry-After`` and retried."""
 
 
 class InternalServerError(APIStatusError):
-    """5xx: the server failed; retried with backoff before this is raised."""
+    """5xx: the server failed; retried with backoff (or its ``Retry-After``) before this is raised.
+
+    The inference gateway's codes: ``inference_unavailable`` (503, vLLM starting or down:
+    transient, see ``retry_after``), ``upstream_timeout`` (504), ``upstream_error`` (502).
+    """
 
 
 class FeatureUnavailableError(APIStatusError):
-    """The server does not offer this feature yet (route missing → 404 without our error
-    body, or 501/503). The inference gateway routes (chat completions) are in this state
-    until the server ships them: "server support pending"."""
+    """The server has no such route: a 404 without the API's JSON error body (the web
+    framework's own page), or a 501. Raised by ``chat.completions`` against a server older
+    than its inference gateway, or behind a proxy that does not forward the route.
+
+    Not a 503: the gateway answers ``inference_unavailable`` (503 with ``Retry-After``) while
+    vLLM starts or restarts; that is retried, then raised as :class:`InternalServerError`.
+    """
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

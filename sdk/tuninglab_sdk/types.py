@@ -436,6 +436,135 @@ class Comparison:
         )
 
 
+@dataclass(frozen=True)
+class RouteSplit:
+    """One version's share of a route: ``weight`` out of the sum of the route's weights."""
+
+    version: int
+    weight: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RouteSplit:
+        return cls(version=int(data["version"]), weight=int(data["weight"]))
+
+
+@dataclass(frozen=True)
+class RouteShadow:
+    """The version that gets a copy of ``percent`` % of routed requests; its answers are recorded, never returned."""
+
+    version: int
+    percent: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RouteShadow:
+        return cls(version=int(data["version"]), percent=int(data["percent"]))
+
+
+@dataclass
+class Route:
+    """How requests that name a model bare (``"model": "bot"``) are split between its versions.
+
+    ``sticky`` says which key keeps one caller on one version: ``user`` (the request's
+    ``user`` field), ``header`` (``X-Route-Key``), ``api_key``, or ``none`` (every request
+    drawn anew). Pinned names (``bot@v3``, ``bot@production``, ``ft:`` ids) bypass the route.
+    """
+
+    model: str | None
+    sticky: str | None = None
+    splits: list[RouteSplit] = field(default_factory=list)
+    shadow: RouteShadow | None = None
+    updated_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Route:
+        shadow = data.get("shadow")
+        return cls(
+            model=data.get("model"),
+            sticky=data.get("sticky"),
+            splits=[RouteSplit.from_dict(s) for s in data.get("splits") or []],
+            shadow=RouteShadow.from_dict(shadow) if isinstance(shadow, dict) else None,
+            updated_at=_int(data.get("updated_at")),
+            raw=data,
+        )
+
+
+@dataclass
+class VersionTraffic:
+    """Live counters of one version: what the gateway answered with it, and its shadow copies.
+
+    ``error_rate`` and ``mean_latency_ms`` are None before the first request;
+    ``last_request_at`` is a unix time in seconds, like every time in the API (None when it never served).
+    """
+
+    version: int
+    requests: int = 0
+    errors: int = 0
+    error_rate: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    mean_latency_ms: float | None = None
+    max_latency_ms: float | None = None
+    shadow_requests: int = 0
+    shadow_errors: int = 0
+    last_request_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VersionTraffic:
+        return cls(
+            version=int(data["version"]),
+            requests=_int(data.get("requests")) or 0,
+            errors=_int(data.get("errors")) or 0,
+            error_rate=_float(data.get("error_rate")),
+            prompt_tokens=_int(data.get("prompt_tokens")) or 0,
+            completion_tokens=_int(data.get("completion_tokens")) or 0,
+            mean_latency_ms=_float(data.get("mean_latency_ms")),
+            max_latency_ms=_float(data.get("max_latency_ms")),
+            shadow_requests=_int(data.get("shadow_requests")) or 0,
+            shadow_errors=_int(data.get("shadow_errors")) or 0,
+            last_request_at=data.get("last_request_at"),
+            raw=data,
+        )
+
+
+@dataclass
+class ShadowRecord:
+    """One mirrored request: the primary version's answer beside the shadow version's.
+
+    ``primary_version`` is None when the primary was the bare base; ``error`` says why the
+    shadow gave no answer (``shadow_output`` is then empty).
+    """
+
+    id: str
+    endpoint: str | None = None
+    primary_version: int | None = None
+    shadow_version: int | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+    primary_output: str = ""
+    shadow_output: str = ""
+    shadow_latency_ms: float | None = None
+    error: str | None = None
+    created_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShadowRecord:
+        return cls(
+            id=str(data["id"]),
+            endpoint=data.get("endpoint"),
+            primary_version=_int(data.get("primary_version")),
+            shadow_version=_int(data.get("shadow_version")),
+            request=dict(data.get("request") or {}),
+            primary_output=data.get("primary_output") or "",
+            shadow_output=data.get("shadow_output") or "",
+            shadow_latency_ms=_float(data.get("shadow_latency_ms")),
+            error=data.get("error") or None,
+            created_at=_int(data.get("created_at")),
+            raw=data,
+        )
+
+
 @dataclass
 class Page(Generic[T]):
     """One page of a list endpoint (``{"object": "list", "data", "has_more", "first_id", "last_id"}``)."""

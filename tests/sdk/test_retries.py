@@ -223,19 +223,125 @@ def test_it_reads_base_url_and_key_from_the_environment(monkeypatch):
     assert captured[0].headers["Authorization"] == "Bearer tl-from-env"
 
 
-def test_it_reports_pending_server_features_as_feature_unavailable():
-    html_404 = httpx.Response(404, text="<h1>Not Found</h1>", headers={"content-type": "text/html"})
-    chat = [{"role": "user", "content": "hi"}]
-    with pytest.raises(FeatureUnavailableError) as caught:
-        client_for(Script(html_404), []).chat.completions.create(model="support-bot", messages=chat)
-    assert "server support pending" in str(caught.value)
+CHAT = [{"role": "user", "content": "hi"}]
 
-    # 503 is retried first (a restarting gateway), then reported as unavailable.
+
+def gateway_503(retry_after: str = "5") -> httpx.Response:
+    """The gateway's answer while vLLM starts (inference.gateway._unavailable)."""
+    body = {
+        "error": {
+            "message": "The inference server for tiny-llama is not available: vLLM is starting.",
+            "type": "server_error",
+            "param": None,
+            "code": "inference_unavailable",
+            "suggestion": f"Retry in {retry_after} s. Operators: `manage.py serve_inference` runs and supervises vLLM.",
+        }
+    }
+    return httpx.Response(503, json=body, headers={"Retry-After": retry_after})
+
+
+def test_it_reports_a_server_without_the_chat_route_as_feature_unavailable():
+    html_404 = httpx.Response(404, text="<h1>Not Found</h1>", headers={"content-type": "text/html"})
+    with pytest.raises(FeatureUnavailableError) as caught:
+        client_for(Script(html_404), []).chat.completions.create(model="support-bot", messages=CHAT)
+    assert "not on this server" in str(caught.value) and "pending" not in str(caught.value)
+    assert caught.value.status == 404 and caught.value.suggestion
+
+
+def test_it_raises_the_gateways_own_404_with_its_suggestion():
+    answer = error(404, "model_not_found", "The model 'bot' does not exist.", "model")
+    answer = httpx.Response(
+        404, json={"error": {**answer.json()["error"], "suggestion": "Use one of: tiny-llama, support-bot"}}
+    )
     sleeps: list[float] = []
-    script = Script(*[httpx.Response(503, text="unavailable") for _ in range(3)])
-    with pytest.raises(FeatureUnavailableError):
-        client_for(script, sleeps, max_retries=2).chat.completions.create(model="support-bot", messages=chat)
-    assert len(script.requests) == 3
+    with pytest.raises(NotFoundError) as caught:
+        client_for(Script(answer), sleeps).chat.completions.create(model="bot", messages=CHAT)
+    assert not isinstance(caught.value, FeatureUnavailableError)
+    assert (caught.value.code, caught.value.param) == ("model_not_found", "model")
+    assert caught.value.suggestion == "Use one of: tiny-llama, support-bot"
+    assert sleeps == []  # a 404 is final
+
+
+def test_it_waits_out_a_starting_vllm_honouring_retry_after():
+    completion = {"id": "chatcmpl-1", "model": "support-bot", "choices": [{"message": {"content": "Hello"}}]}
+    script = Script(gateway_503("5"), gateway_503("5"), httpx.Response(200, json=completion))
+    sleeps: list[float] = []
+
+    answer = client_for(script, sleeps).chat.completions.create(model="support-bot", messages=CHAT)
+
+    assert answer.content == "Hello" and answer.model == "support-bot"
+    assert sleeps == [5.0, 5.0]
+    assert len({r.headers["Idempotency-Key"] for r in script.requests}) == 1
+
+
+def test_it_raises_the_503_with_its_code_suggestion_and_retry_after_once_retries_are_spent():
+    script = Script(*[gateway_503("2") for _ in range(3)])
+    sleeps: list[float] = []
+
+    with pytest.raises(InternalServerError) as caught:
+        client_for(script, sleeps, max_retries=2).chat.completions.create(model="support-bot", messages=CHAT)
+
+    error = caught.value
+    assert not isinstance(error, FeatureUnavailableError)
+    assert (error.status, error.code, error.type) == (503, "inference_unavailable", "server_error")
+    assert error.message.endswith("vLLM is starting.") and error.suggestion.startswith("Retry in 2 s.")
+    assert error.retry_after == 2.0
+    assert "[503 inference_unavailable]" in str(error) and "Suggestion: Retry in 2 s." in str(error)
+    assert sleeps == [2.0, 2.0] and len(script.requests) == 3
+
+
+def test_it_retries_a_stream_until_its_first_chunk_only():
+    sse = 'data: {"id":"c1","choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
+    ok = httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+    limited = error(429, "too_many_concurrent_requests", **{"Retry-After": "1"})
+    script = Script(gateway_503("3"), limited, ok)
+    sleeps: list[float] = []
+
+    stream = client_for(script, sleeps).chat.completions.create(model="support-bot", messages=CHAT, stream=True)
+
+    assert [c["choices"][0]["delta"]["content"] for c in stream] == ["Hi"]
+    assert sleeps == [3.0, 1.0]
+    assert len({r.headers["Idempotency-Key"] for r in script.requests}) == 1
+    assert all(r.headers["Accept"].startswith("text/event-stream,") for r in script.requests)
+
+    broken = Script(httpx.Response(200, stream=BrokenStream(b'data: {"id":"c2"}\n\n')))
+    sleeps.clear()
+    with pytest.raises(APIConnectionError):
+        list(client_for(broken, sleeps).chat.completions.create(model="m", messages=CHAT, stream=True))
+    assert len(broken.requests) == 1 and sleeps == []  # tokens went out: never resent
+
+
+def test_it_retries_a_stream_in_the_async_client_too():
+    sse = 'data: {"id":"c1","choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
+    script = Script(gateway_503("4"), httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"}))
+    sleeps: list[float] = []
+
+    async def record(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def run() -> list[dict]:
+        async with AsyncTuningLab(
+            base_url="http://tl.test",
+            api_key="k",
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(script)),
+            sleep=record,
+        ) as client:
+            stream = await client.chat.completions.create(model="m", messages=CHAT, stream=True)
+            return [chunk async for chunk in stream]
+
+    assert [c["id"] for c in asyncio.run(run())] == ["c1"]
+    assert sleeps == [4.0]
+
+
+class BrokenStream(httpx.SyncByteStream):
+    """A body that sends ``first`` and then loses the connection."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+
+    def __iter__(self):
+        yield self.first
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
 
 
 def test_it_reports_registry_errors_as_plain_api_errors():
@@ -287,6 +393,43 @@ def test_it_builds_registry_requests_with_their_bodies_and_keys():
     assert (comparison.version_a, comparison.version_b) == ("base", 2)
     assert report == "## A/B comparison"
     assert "text/markdown" in script.requests[4].headers["Accept"]
+
+
+def test_it_builds_route_requests_from_mappings_or_typed_parts():
+    route = {"object": "model.route", "model": "support-bot", "sticky": "header",
+             "splits": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}],
+             "shadow": {"version": 3, "percent": 5}, "updated_at": 1}  # fmt: skip
+    script = Script(
+        httpx.Response(200, json=route),
+        httpx.Response(200, json=route),
+        httpx.Response(204),
+        httpx.Response(200, json={"object": "list", "data": []}),
+    )
+    client = client_for(script, [])
+
+    first = client.models.set_route(
+        "support-bot",
+        splits=[{"version": 1, "weight": 90}, {"version": 2, "weight": 10}],
+        sticky="header",
+        shadow={"version": 3, "percent": 5},
+    )
+    client.models.set_route("support-bot", splits=first.splits)  # typed parts back; sticky/shadow reset
+    assert client.models.delete_route("support-bot") is None
+    assert client.models.shadow_records("support-bot", limit=5) == []
+
+    sent = [(r.method, r.url.path, json.loads(r.content) if r.content else None) for r in script.requests]
+    assert sent == [
+        ("PUT", "/v1/models/support-bot/route", {"splits": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}],
+                                                 "sticky": "header", "shadow": {"version": 3, "percent": 5}}),
+        ("PUT", "/v1/models/support-bot/route", {"splits": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}],
+                                                 "sticky": "user", "shadow": None}),
+        ("DELETE", "/v1/models/support-bot/route", None),
+        ("GET", "/v1/models/support-bot/shadow_records", None),
+    ]  # fmt: skip
+    assert "Idempotency-Key" not in script.requests[0].headers  # a PUT replaces: resending it is safe
+    assert script.requests[3].url.params["limit"] == "5"
+    assert (first.sticky, first.shadow.version, first.shadow.percent) == ("header", 3, 5)
+    assert [(s.version, s.weight) for s in first.splits] == [(1, 90), (2, 10)]
 
 
 def test_it_streams_chat_completion_chunks():

@@ -13,7 +13,7 @@ from django.db import OperationalError, connections
 from django.db.models import F
 
 import workers.runner
-from registry.models import ModelVersion
+from registry.models import Alias, ModelVersion
 from tests.helpers import wait_until
 from tunings.models import Checkpoint, JobEvent, TuningJob
 from tunings.services.state import tuning_job_cancel
@@ -361,3 +361,20 @@ def test_it_retries_a_failed_success_write_with_the_same_files(fake_engine, make
     assert (Path(mv.adapter_path) / "adapter_model.safetensors").read_bytes() == b"fake-weights"
     root = Path(mv.adapter_path).parent
     assert sorted(p.name for p in root.iterdir()) == ["v1"]  # no staging or orphan dirs
+
+
+def test_a_promote_to_the_serving_check_refuses_leaves_the_alias_and_the_job_succeeds(fake_engine, make_job, user):
+    fake_engine([{"emit": metrics(1)}, {"adapter": True}, {"done": True}])  # the fake's weights are not safetensors
+    job = make_job(user, suffix="demo", promote_to="production")
+    assert run_job(job.id, worker_id="w1", queue="cpu") == job.id
+
+    job.refresh_from_db()
+    assert job.status == TuningJob.Status.SUCCEEDED, job.error
+    assert not Alias.objects.exists()
+    warning = JobEvent.objects.get(job=job, level=JobEvent.Level.WARNING)
+    assert warning.message.startswith("demo v1 was not promoted to production: ")
+    assert warning.data == {
+        "model_version": ModelVersion.objects.get(job=job).id,
+        "alias": "production",
+        "code": "version_not_servable",
+    }

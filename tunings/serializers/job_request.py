@@ -21,6 +21,7 @@ from typing import Any
 from django.conf import settings
 
 from registry.naming import NAME_RE
+from registry.services.aliases import alias_name_validate
 from tuninglab.errors import InvalidRequestError
 from tunings.hyperparameters import is_int, validate_hyperparameters, validate_lora
 from tunings.models import TuningJob
@@ -46,6 +47,7 @@ KNOWN_FIELDS = {
     "method",
     "suffix",
     "model_name",
+    "promote_to",
     "seed",
     "metadata",
     "integrations",
@@ -73,6 +75,8 @@ class JobSpec:
     metadata: dict[str, str]
     priority: int
     resources: dict[str, Any]
+    promote_to: str = ""
+    """Alias (e.g. ``production``) the new version moves to when the job succeeds; "" keeps aliases as they are."""
 
 
 def _bad(
@@ -253,6 +257,15 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
             suggestion="e.g. 'support-bot'. Versions of one name (yours only) count up: v1, v2, ...",
         )
 
+    promote_to = payload.get("promote_to")
+    if promote_to is None or promote_to == "":
+        promote_to = ""
+    else:
+        try:
+            alias_name_validate(promote_to)
+        except InvalidRequestError as exc:
+            raise _bad(exc.message, "promote_to", code="invalid_alias", suggestion=exc.suggestion) from exc
+
     integrations = payload.get("integrations")
     if integrations not in (None, []):
         raise _bad("integrations are not supported yet; pass [] or omit it.", "integrations", code="unsupported")
@@ -271,4 +284,5 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
         metadata=_validate_metadata(payload.get("metadata")),
         priority=priority,
         resources=_validate_resources(payload.get("resources")),
+        promote_to=promote_to,
     )

@@ -138,6 +138,7 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
                     seed=spec.seed,
                     suffix=spec.suffix,
                     model_name=spec.model_name or default_model_name(suffix=spec.suffix, base_name=base_model.name),
+                    promote_to=spec.promote_to,
                     metadata=spec.metadata,
                     idempotency_key=idempotency_key,
                     priority=spec.priority,

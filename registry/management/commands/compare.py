@@ -1,9 +1,13 @@
-"""``manage.py compare OWNER NAME --a VERSION|base --b VERSION|base --file FILE_ID [--wait] [--markdown]``.
+"""``manage.py compare OWNER NAME --a VERSION|base --b VERSION|base (--file FILE_ID | --live) [--wait] [--markdown]``.
 
 Queues an A/B comparison of two versions of OWNER's model NAME (``base``: the bare base model
 of the other side) on the processed file FILE_ID. ``--wait`` (and the embedded mode, see
 ``manage.py evaluate``) runs it in this process and prints the per-metric table and
 win/tie/loss of B against A; ``--markdown`` prints it as Markdown.
+
+``--live`` prints what the inference gateway counted for both sides so far (requests, error
+rate, mean latency, completion tokens, shadow requests); alone (no ``--file``) it runs no
+evaluation. The bare base model has no counters: the gateway counts versions only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from registry.management.command_helpers import owner_by_username
 from registry.models import RunStatus
 from registry.selectors import evaluation_dataset_get, model_version_get
 from registry.services.evaluations import comparison_create
+from registry.services.traffic import traffic_summary
 from tuninglab.errors import ApiError
 
 BASE = "base"
@@ -33,6 +38,28 @@ def _side(value: str) -> int | str:
         raise CommandError(f"a side is a version number or 'base', not {value!r}") from None
 
 
+def _count(value: Any) -> str:
+    return str(value)
+
+
+def _percent(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _ms(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+# (label, traffic_summary key, format) per row of the --live table.
+LIVE_ROWS = [
+    ("requests", "requests", _count),
+    ("error rate", "error_rate", _percent),
+    ("mean latency ms", "mean_latency_ms", _ms),
+    ("completion tokens", "completion_tokens", _count),
+    ("shadow requests", "shadow_requests", _count),
+]
+
+
 class Command(BaseCommand):
     help = "A/B-compare two versions of a model (or a version and its base model) on an uploaded file."
 
@@ -41,14 +68,22 @@ class Command(BaseCommand):
         parser.add_argument("name", help="Registered model name.")
         parser.add_argument("--a", required=True, type=_side, help="Side A: a version number or 'base'.")
         parser.add_argument("--b", required=True, type=_side, help="Side B: a version number or 'base'.")
-        parser.add_argument("--file", required=True, dest="file_id", help="Id of a processed file of the owner.")
+        # Required unless --live is given alone (checked in handle: argparse cannot say "unless").
+        parser.add_argument("--file", dest="file_id", help="Id of a processed file of the owner.")
         parser.add_argument("--max-examples", type=int, default=None, help="Compare on the first N examples.")
         parser.add_argument("--max-new-tokens", type=int, default=None, help="Longest generated answer (tokens).")
         parser.add_argument("--queue", default="cpu", help="Worker queue: cpu or gpu.")
         parser.add_argument("--wait", action="store_true", help="Run it here and print the result.")
         parser.add_argument("--markdown", action="store_true", help="Print the result as Markdown.")
+        parser.add_argument(
+            "--live",
+            action="store_true",
+            help="Print both sides' live traffic counters from the inference gateway (alone: no evaluation).",
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        if not opts["file_id"] and not opts["live"]:
+            raise CommandError("the following arguments are required: --file (or --live for live traffic only)")
         owner = owner_by_username(opts["owner"])
         options = {k: opts[k] for k in ("max_examples", "max_new_tokens") if opts[k] is not None}
         run_here = opts["wait"] or settings.TUNINGLAB_INPROCESS_WORKER
@@ -61,7 +96,14 @@ class Command(BaseCommand):
                 else model_version_get(owner=owner, name=opts["name"], version=opts[side], param=side)
                 for side in ("a", "b")
             }
-            base_model = next(v for v in versions.values() if v is not None).base_model
+        except ApiError as exc:
+            raise CommandError(f"[{exc.code}] {exc.message}") from exc
+        base_model = next(v for v in versions.values() if v is not None).base_model
+        if opts["live"]:
+            self._print_live(versions, base_model.name)
+            if not opts["file_id"]:
+                return
+        try:
             comparison = comparison_create(
                 owner=owner,
                 version_a=versions["a"],
@@ -102,6 +144,16 @@ class Command(BaseCommand):
             )
         o = comparison.outcomes
         self.stdout.write(f"B against A per example: {o['wins']} wins, {o['ties']} ties, {o['losses']} losses")
+
+    def _print_live(self, versions: dict[str, Any], base_name: str) -> None:
+        """Both sides' live counters as one table (the bare base: n/a, the gateway counts versions)."""
+        labels = {s: f"base ({base_name})" if v is None else f"v{v.version}" for s, v in versions.items()}
+        summaries = {s: traffic_summary(v) if v is not None else None for s, v in versions.items()}
+        self.stdout.write(f"Live traffic (inference gateway): A = {labels['a']}, B = {labels['b']}")
+        self.stdout.write(f"  {'counter':<18} {'A':>12} {'B':>12}")
+        for label, key, fmt in LIVE_ROWS:
+            cells = ["n/a" if summaries[s] is None else fmt(summaries[s][key]) for s in ("a", "b")]
+            self.stdout.write(f"  {label:<18} {cells[0]:>12} {cells[1]:>12}")
 
     @staticmethod
     def _label(comparison: Any, side: str) -> str:

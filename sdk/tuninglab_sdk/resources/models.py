@@ -1,8 +1,10 @@
-"""``client.models``: the model registry.
+"""``client.models``: the model registry and how the inference gateway routes to it.
 
 The OpenAI model list and model, a registered model's versions, aliases and alias history,
 ``promote`` / ``rollback``, evaluations and A/B comparisons (``/v1/models...``,
-``/v1/evaluations/{id}``, ``/v1/comparisons/{id}[/report]``).
+``/v1/evaluations/{id}``, ``/v1/comparisons/{id}[/report]``); its traffic route (weighted
+split, sticky key, shadow), live traffic per version and recorded shadow answers
+(``/v1/models/{name}/route``, ``/traffic``, ``/shadow_records``).
 
 Each call is described once, without I/O (a :class:`_Call`: method, path, body, how to parse
 the answer); ``Models`` and ``AsyncModels`` only send it.
@@ -10,7 +12,7 @@ the answer); ``Models`` and ``AsyncModels`` only send it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -27,6 +29,11 @@ from tuninglab_sdk.types import (
     Model,
     ModelVersion,
     Page,
+    Route,
+    RouteShadow,
+    RouteSplit,
+    ShadowRecord,
+    VersionTraffic,
 )
 
 if TYPE_CHECKING:
@@ -37,12 +44,16 @@ MODELS_PATH = "/v1/models"
 EVALUATIONS_PATH = "/v1/evaluations"
 COMPARISONS_PATH = "/v1/comparisons"
 DEFAULT_ALIAS = "production"
+DEFAULT_STICKY = "user"  # the server's default: a route keeps each ``user`` on one version
 # The largest page the server gives: versions and alias history are read whole, in few requests.
 PAGE_SIZE = 100
 BASE = "base"
 
 T = TypeVar("T")
 DatasetInput = FileInput | FileObject | str
+# A route's parts as the typed objects ``route()`` returns, or as the JSON the server takes.
+SplitInput = RouteSplit | Mapping[str, int]
+ShadowInput = RouteShadow | Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,22 @@ def _run_body(file_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
 def _side(version: int | str) -> int | str:
     """``"base"`` (the base model without an adapter) or a version number."""
     return BASE if version == BASE else int(version)
+
+
+def _part(item: SplitInput | ShadowInput, share: str) -> dict[str, Any]:
+    """``{"version", share}`` of a split or shadow; a mapping is sent as given (the server names a bad field)."""
+    if isinstance(item, Mapping):
+        return dict(item)
+    return {"version": item.version, share: getattr(item, share)}
+
+
+def _route_body(splits: Sequence[SplitInput], sticky: str, shadow: ShadowInput | None) -> dict[str, Any]:
+    """The whole route: a PUT replaces it, so every field is sent (``shadow`` None: no shadow)."""
+    return {
+        "splits": [_part(split, "weight") for split in splits],
+        "sticky": sticky,
+        "shadow": None if shadow is None else _part(shadow, "percent"),
+    }
 
 
 class _Calls:
@@ -213,6 +240,34 @@ class _Calls:
     def comparison_report(comparison_id: str, timeout: TimeoutTypes) -> _Call:
         return _Call("GET", f"{COMPARISONS_PATH}/{_segment(comparison_id)}/report", str, timeout=timeout, text=True)
 
+    @staticmethod
+    def route(name: str, timeout: TimeoutTypes) -> _Call:
+        return _Call("GET", _model_path(name, "route"), Route.from_dict, timeout=timeout)
+
+    @staticmethod
+    def set_route(name: str, body: dict[str, Any], timeout: TimeoutTypes) -> _Call:
+        return _Call("PUT", _model_path(name, "route"), Route.from_dict, json=body, timeout=timeout)
+
+    @staticmethod
+    def delete_route(name: str, timeout: TimeoutTypes) -> _Call:
+        return _Call("DELETE", _model_path(name, "route"), lambda body: None, timeout=timeout)
+
+    @staticmethod
+    def traffic(name: str, timeout: TimeoutTypes) -> _Call:
+        return _Call(
+            "GET", _model_path(name, "traffic"), lambda body: _rows(body, VersionTraffic.from_dict), timeout=timeout
+        )
+
+    @staticmethod
+    def shadow_records(name: str, limit: int | None, timeout: TimeoutTypes) -> _Call:
+        return _Call(
+            "GET",
+            _model_path(name, "shadow_records"),
+            lambda body: _rows(body, ShadowRecord.from_dict),
+            params={"limit": limit},
+            timeout=timeout,
+        )
+
 
 def _more(page: Page[Any]) -> str | None:
     """The cursor of the next page, or None when this was the last (or a buggy empty) page."""
@@ -227,7 +282,8 @@ def _dataset(file: DatasetInput) -> str | None:
 
 
 class Models:
-    """The model registry: models, versions, aliases (promote / rollback), evaluations, comparisons."""
+    """The model registry: models, versions, aliases (promote / rollback), evaluations, comparisons;
+    and the gateway's view of a model: its traffic route, live traffic, shadow records."""
 
     def __init__(self, client: SyncAPIClient, files: Files) -> None:
         self._client = client
@@ -360,6 +416,60 @@ class Models:
         """The comparison as a Markdown document (metric table, win/tie/loss, examples)."""
         return self._send(_Calls.comparison_report(comparison_id, timeout))
 
+    def route(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Route:
+        """The traffic route of ``name``: its weighted split, sticky key and shadow.
+
+        Raises:
+            NotFoundError: ``route_not_found`` (requests for ``name`` go to its production
+                alias, else its latest version), ``model_not_found``.
+        """
+        return self._send(_Calls.route(name, timeout))
+
+    def set_route(
+        self,
+        name: str,
+        *,
+        splits: Sequence[SplitInput],
+        sticky: str = DEFAULT_STICKY,
+        shadow: ShadowInput | None = None,
+        timeout: TimeoutTypes = NOT_GIVEN,
+    ) -> Route:
+        """Replace the route of ``name``: requests that name it bare go to its versions by weight.
+
+        Args:
+            splits: ``[{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]`` (or ``RouteSplit``s);
+                a version with weight 0 gets nothing (and skips the serving check).
+            sticky: ``"user"`` (the request's ``user``), ``"header"`` (``X-Route-Key``),
+                ``"api_key"`` or ``"none"``: the key that keeps a caller on one version.
+            shadow: ``{"version": 3, "percent": 10}`` (or a ``RouteShadow``): mirror that share of
+                routed requests to it and record its answers; None for no shadow.
+
+        Raises:
+            ValidationError: ``invalid_route``; ``param`` names the field (``splits[1].weight``).
+            NotFoundError: ``model_not_found``, ``version_not_found``.
+            ConflictError: ``version_not_servable`` (a version with traffic, or the shadow,
+                failed the serving check; the route is unchanged).
+        """
+        return self._send(_Calls.set_route(name, _route_body(splits, sticky, shadow), timeout))
+
+    def delete_route(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> None:
+        """Remove the route: requests for ``name`` go back to its production alias.
+
+        Raises:
+            NotFoundError: ``route_not_found``, ``model_not_found``.
+        """
+        self._send(_Calls.delete_route(name, timeout))
+
+    def traffic(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[VersionTraffic]:
+        """Live counters of each version of ``name`` (requests, errors, tokens, latency, shadow), v1 first."""
+        return self._send(_Calls.traffic(name, timeout))
+
+    def shadow_records(
+        self, name: str, *, limit: int | None = None, timeout: TimeoutTypes = NOT_GIVEN
+    ) -> list[ShadowRecord]:
+        """The latest ``limit`` (server default 20, at most 100) shadow answers recorded for ``name``, newest first."""
+        return self._send(_Calls.shadow_records(name, limit, timeout))
+
 
 class AsyncModels:
     """The asyncio twin of :class:`Models` (same methods, as coroutines)."""
@@ -472,3 +582,28 @@ class AsyncModels:
 
     async def comparison_report(self, comparison_id: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> str:
         return await self._send(_Calls.comparison_report(comparison_id, timeout))
+
+    async def route(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> Route:
+        return await self._send(_Calls.route(name, timeout))
+
+    async def set_route(
+        self,
+        name: str,
+        *,
+        splits: Sequence[SplitInput],
+        sticky: str = DEFAULT_STICKY,
+        shadow: ShadowInput | None = None,
+        timeout: TimeoutTypes = NOT_GIVEN,
+    ) -> Route:
+        return await self._send(_Calls.set_route(name, _route_body(splits, sticky, shadow), timeout))
+
+    async def delete_route(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> None:
+        await self._send(_Calls.delete_route(name, timeout))
+
+    async def traffic(self, name: str, *, timeout: TimeoutTypes = NOT_GIVEN) -> list[VersionTraffic]:
+        return await self._send(_Calls.traffic(name, timeout))
+
+    async def shadow_records(
+        self, name: str, *, limit: int | None = None, timeout: TimeoutTypes = NOT_GIVEN
+    ) -> list[ShadowRecord]:
+        return await self._send(_Calls.shadow_records(name, limit, timeout))
