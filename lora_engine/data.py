@@ -284,6 +284,12 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch.T
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments of the model's forward for a collated batch (labels excluded:
+    the recipe computes its own loss)."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def pad_token_id_of(tokenizer: Any) -> int:
     """Pad id to use: the tokenizer's pad, else its EOS (positions are masked anyway)."""
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):

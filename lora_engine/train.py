@@ -48,6 +48,7 @@ from lora_engine.data import (
     Example,
     collate,
     load_examples,
+    model_inputs,
     pack_examples,
     pad_token_id_of,
     split_validation,
@@ -365,9 +366,7 @@ class FineTuneRecipe:
     def _token_loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of next-token CE over labelled positions of one micro-batch."""
         with self._autocast():
-            logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits  # (B, T, V)
+            logits = self.model(**model_inputs(batch)).logits  # (B, T, V)
         targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
         return F.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]),  # (B*(T-1), V)
