@@ -8,7 +8,10 @@ Layout of `output_dir/checkpoints/`:
         trainable.safetensors  every trainable tensor by parameter name (exact resume, also "full")
         optimizer.pt       optimizer state_dict
         scheduler.pt       LR scheduler state_dict
-        rng.pt             python / numpy / torch CPU / CUDA RNG states at the step boundary
+        rng.safetensors    python / numpy / torch CPU / CUDA RNG states at the step boundary
+                           (tensors + string metadata: no pickle, like every other artefact)
+        best.safetensors   select="best" only: the trainable tensors of the best evaluated step so far,
+                           its step and eval loss in the metadata
         state.json         data position (epoch, index in epoch order, step), counters, metrics
 
 A checkpoint exists only once it is listed in the manifest. Its dir is published with
@@ -26,18 +29,27 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lora_engine.errors import DISK_FULL, EngineError
 from lora_engine.fsio import atomic_dir, atomic_write_text
 
 MANIFEST = "manifest.json"
-STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+RNG_FILE = "rng.safetensors"
+# Engines before this one pickled the RNG state into rng.pt. Such a checkpoint still
+# resumes (weights, optimizer, scheduler, data position) but its rng.pt is never
+# unpickled: loading a pickle can run arbitrary code.
+LEGACY_RNG_FILE = "rng.pt"
+RNG_FORMAT = "lora_engine.rng/1"
+BEST_FILE = "best.safetensors"
+STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", RNG_FILE, "state.json")
 
 
 def step_dir_name(step: int) -> str:
@@ -55,22 +67,83 @@ def rng_state() -> dict[str, Any]:
     """All RNG streams a training step can consume (dropout uses torch's global generator)."""
     state: dict[str, Any] = {"python": random.getstate(), "torch_cpu": torch.get_rng_state()}
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state["numpy"] = (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)
+    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
     if torch.cuda.is_available():
         state["torch_cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    # torch.load returns lists where python saved tuples; random.setstate wants tuples.
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch_cpu"])
     if "numpy" in state:
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+        kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
     if "torch_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+def save_rng_state(state: dict[str, Any], path: Path) -> None:
+    """Write an `rng_state()` dict as safetensors: the state vectors as tensors, the scalars
+    as JSON in the string metadata (JSON floats round-trip exactly)."""
+    version, internal, gauss = state["python"]
+    kind, keys, pos, has_gauss, gauss_np = state["numpy"]
+    # Mersenne Twister words are < 2**32: int64 holds them exactly (safetensors has no uint32 in torch).
+    tensors = {
+        "torch_cpu": state["torch_cpu"].contiguous(),
+        "python_internal": torch.tensor(internal, dtype=torch.int64),
+        "numpy_keys": keys.to(torch.int64).contiguous(),
+    }
+    for i, t in enumerate(state.get("torch_cuda", [])):
+        tensors[f"torch_cuda.{i}"] = t.contiguous()
+    scalars = {
+        "python_version": version,
+        "python_gauss": gauss,
+        "numpy_kind": kind,
+        "numpy_pos": int(pos),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_gauss": float(gauss_np),
+        "cuda_devices": len(state.get("torch_cuda", [])),
+    }
+    save_file(tensors, str(path), metadata={"format": RNG_FORMAT, "scalars": json.dumps(scalars)})
+
+
+def load_rng_state(path: Path) -> dict[str, Any]:
+    """Read a file written by `save_rng_state` back into an `rng_state()` dict."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != RNG_FORMAT:
+            raise ValueError(f"{path} is not an RNG state file (format {meta.get('format')!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    sc = json.loads(meta["scalars"])
+    state: dict[str, Any] = {
+        "python": (sc["python_version"], tuple(tensors["python_internal"].tolist()), sc["python_gauss"]),
+        "torch_cpu": tensors["torch_cpu"],
+        "numpy": (sc["numpy_kind"], tensors["numpy_keys"], sc["numpy_pos"], sc["numpy_has_gauss"], sc["numpy_gauss"]),
+    }
+    if sc["cuda_devices"]:
+        state["torch_cuda"] = [tensors[f"torch_cuda.{i}"] for i in range(sc["cuda_devices"])]
+    return state
+
+
+@dataclass(frozen=True)
+class BestWeights:
+    """The trainable tensors after optimizer step `step`, whose validation loss was `eval_loss`."""
+
+    step: int
+    eval_loss: float
+    tensors: dict[str, torch.Tensor]
+
+
+def load_best_weights(path: Path) -> BestWeights | None:
+    """The best weights saved in checkpoint `path`, or None if it holds none."""
+    if not (path / BEST_FILE).exists():
+        return None
+    with safe_open(str(path / BEST_FILE), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    return BestWeights(step=int(meta["step"]), eval_loss=float(json.loads(meta["eval_loss"])), tensors=tensors)
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -96,11 +169,14 @@ def save_checkpoint(
     metrics: dict[str, Any],
     keep: int,
     write_adapter: Callable[[Path], Any] | None,
+    best: BestWeights | None = None,
 ) -> Path:
     """Write one complete checkpoint for optimizer step `step` and prune to the newest `keep`.
 
     Args:
         write_adapter: callback writing the PEFT adapter into the given dir (None for full FT).
+        best: the best evaluated weights so far (select="best"), saved with the checkpoint so
+            a resumed run selects among all steps, those before the checkpoint included.
 
     Returns:
         The final checkpoint directory.
@@ -118,7 +194,10 @@ def save_checkpoint(
             save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(rng, tmp / "rng.pt")
+            save_rng_state(rng, tmp / RNG_FILE)
+            if best is not None:
+                meta = {"step": str(best.step), "eval_loss": json.dumps(best.eval_loss)}
+                save_file(best.tensors, str(tmp / BEST_FILE), metadata=meta)
             (tmp / "state.json").write_text(json.dumps({**state, "step": step, "metrics": metrics}, indent=2))
 
         manifest = read_manifest(ckpt_root)
@@ -137,26 +216,32 @@ def save_checkpoint(
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """Newest checkpoint listed in the manifest whose files are all present, else None."""
+    """Newest checkpoint listed in the manifest whose files are all present, else None.
+
+    A checkpoint of an older engine (pickled `rng.pt` instead of `rng.safetensors`) counts
+    as complete; `load_checkpoint` then restores everything but the RNG streams.
+    """
     try:
         manifest = read_manifest(ckpt_root)
     except (OSError, json.JSONDecodeError):
         return None
     for entry in sorted(manifest.get("checkpoints", []), key=lambda e: e["step"], reverse=True):
         path = ckpt_root / entry["dir"]
-        if all((path / f).exists() for f in STATE_FILES):
+        rng_ok = (path / RNG_FILE).exists() or (path / LEGACY_RNG_FILE).exists()
+        if rng_ok and all((path / f).exists() for f in STATE_FILES if f != RNG_FILE):
             return path
     return None
 
 
 def load_checkpoint(
     path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Restore trainable weights, optimizer and scheduler from `path`.
 
     Returns:
         (state, rng): the saved state.json dict and the RNG states; the caller restores
-        the RNG last, after everything else that might draw random numbers.
+        the RNG last, after everything else that might draw random numbers. rng is None
+        for a checkpoint with only a legacy pickled rng.pt, which is never loaded.
     """
     tensors = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
@@ -170,8 +255,9 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
+    # weights_only=True: torch's restricted unpickler (tensors and plain containers only).
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)  # our own file; holds python tuples
+    rng = load_rng_state(path / RNG_FILE) if (path / RNG_FILE).exists() else None
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     return state, rng

@@ -21,6 +21,7 @@ SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+SELECTS = ("last", "best")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ class TrainConfig:
 
     eval_every: int = 0
     """Evaluate every N optimizer steps (and at the end); 0 = only at the end if there is eval data."""
+
+    select: str = "last"
+    """Which weights the run writes as its result: "last" (after the final step) or "best"
+    (the evaluated step with the lowest validation loss; needs validation data)."""
 
     checkpoint_every: int = 0
     """Write a resumable checkpoint every N optimizer steps; 0 disables periodic checkpoints."""
@@ -213,6 +218,12 @@ class TrainConfig:
             "set either validation_file or validation_split, not both",
         )
         need(_is_int(self.eval_every) and self.eval_every >= 0, "eval_every", "eval_every must be an integer >= 0")
+        need(self.select in SELECTS, "select", f"select must be one of {SELECTS}")
+        need(
+            self.select != "best" or bool(self.validation_file) or self.validation_split > 0,
+            "select",
+            'select "best" needs validation data: set validation_file or validation_split',
+        )
         need(
             _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
             "checkpoint_every",
@@ -286,4 +297,4 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-__all__ = ["COMPUTE_DTYPES", "METHODS", "PRECISIONS", "SCHEDULERS", "TrainConfig"]
+__all__ = ["COMPUTE_DTYPES", "METHODS", "PRECISIONS", "SCHEDULERS", "SELECTS", "TrainConfig"]

@@ -102,7 +102,13 @@ class ProgressEmitter:
         final_loss: float,
         eval_loss: float | None,
         device: str | None = None,
+        select: str = "last",
+        last_eval_loss: float | None = None,
+        best_eval_loss: float | None = None,
+        best_step: int | None = None,
     ) -> None:
+        """`eval_loss` is the validation loss of the weights written (the best or the last
+        evaluated step, per `select`); `last_eval_loss` / `best_eval_loss` at `best_step` are both kept."""
         self.emit(
             {
                 "type": protocol.DONE,
@@ -112,6 +118,10 @@ class ProgressEmitter:
                 "final_loss": final_loss,
                 "eval_loss": eval_loss,
                 "device": device,
+                "select": select,
+                "last_eval_loss": last_eval_loss,
+                "best_eval_loss": best_eval_loss,
+                "best_step": best_step,
             }
         )
 

@@ -14,8 +14,9 @@ metrics        step, total_steps, progress (0..100), loss, lr, grad_norm, tokens
 checkpoint     step, path, metrics {loss, eval_loss, trained_tokens}
 stopped        step, checkpoint (path or null): stop file / SIGTERM honoured, exit 3
 error          code, message, param, suggestion, step: the run failed, exit 1
-done           adapter_dir, steps, trained_tokens, final_loss, eval_loss, device ("cpu" | "cuda"):
-               success, exit 0
+done           adapter_dir, steps, trained_tokens, final_loss, eval_loss (of the weights
+               written), device ("cpu" | "cuda"), select ("last" | "best"), last_eval_loss,
+               best_eval_loss, best_step: success, exit 0
 =============  ==========================================================================
 
 NaN and infinities are sent as null (JSON has neither).

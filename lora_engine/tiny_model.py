@@ -7,7 +7,10 @@ the bundled English text, a Jinja chat template, and a short causal-LM pre-train
 on that text plus a few generic chat dialogues so the model writes words and knows
 where an assistant turn ends.
 
-CLI: ``python -m lora_engine.tiny_model OUTPUT_DIR [--seed N] [--steps N]``
+``build_bilingual_tiny_model`` builds a larger variant whose tokenizer and pre-training
+text also cover Chinese, for the structured meeting-command task.
+
+CLI: ``python -m lora_engine.tiny_model OUTPUT_DIR [--seed N] [--steps N] [--bilingual]``
 """
 
 from __future__ import annotations
@@ -63,13 +66,29 @@ MODEL_SHAPE = {
     "max_position_embeddings": 512,
 }
 
+# The bilingual variant (build_bilingual_tiny_model): twice the vocabulary (its tokenizer also
+# knows Chinese) and twice the depth of MODEL_SHAPE, ~1.1 M parameters (default: ~0.56 M).
+# Bump BILINGUAL_MODEL_VERSION whenever it changes.
+BILINGUAL_MODEL_VERSION = 1
+BILINGUAL_MODEL_SHAPE = {
+    "vocab_size": 2048,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+BILINGUAL_PRETRAIN_STEPS = 300
+BILINGUAL_PRETRAIN_LR = 3e-3
+
 PRETRAIN_STEPS = 400
 PRETRAIN_BATCH = 16
 PRETRAIN_SEQ_LEN = 128
 PRETRAIN_LR = 3e-3
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int):
+def _train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = MODEL_SHAPE["max_position_embeddings"]):
     """Train a byte-level BPE on `texts` and wrap it as a transformers fast tokenizer."""
     # transformers is imported here and in build_tiny_model, not at the top: its model and
     # tokenizer classes cost ~2.4 s to import on top of torch, and the test fixtures and the
@@ -94,7 +113,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
         eos_token=EOS,
         pad_token=PAD,
         additional_special_tokens=ROLE_TOKENS,
-        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        model_max_length=model_max_length,
     )
     hf_tok.chat_template = CHAT_TEMPLATE
     return hf_tok
@@ -148,23 +167,85 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAI
     Raises:
         FileExistsError: `out_dir` exists and is not empty.
     """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # late: see _train_tokenizer
-
     out = Path(out_dir)
     _refuse_non_empty(out)  # before the build, not a minute into it
     corpus = (ASSETS_DIR / "corpus.txt").read_text(encoding="utf-8")
-    dialogues = [
+    dialogues = _dialogues()
+    dialogue_texts = [m["content"] for d in dialogues for m in d]
+    return _build(
+        out,
+        shape=MODEL_SHAPE,
+        tokenizer_texts=corpus.split("\n\n") + dialogue_texts,
+        corpus=corpus,
+        dialogues=dialogues,
+        seed=seed,
+        steps=steps,
+        lr=PRETRAIN_LR,
+        info={"tiny_model_version": TINY_MODEL_VERSION},
+    )
+
+
+def build_bilingual_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = BILINGUAL_PRETRAIN_STEPS) -> Path:
+    """Build the larger, bilingual (English + Chinese) tiny Llama: ``BILINGUAL_MODEL_SHAPE``.
+
+    For the structured meeting-command task (``assets/meeting_commands_*.jsonl``): the default
+    tiny model's tokenizer knows only English (a Chinese character costs up to three byte
+    tokens). This variant trains its tokenizer and pre-trains on the English corpus plus
+    ``assets/meeting_corpus.txt`` (plain English and Chinese sentences about people, rooms and
+    times; no command and no JSON answer), so the base model reads both languages but has
+    never seen the task. It is still too small to copy unseen slot values after a LoRA run
+    (docs/engine.md has the measured figures).
+
+    Same contract as ``build_tiny_model``; the cache key is ``BILINGUAL_MODEL_VERSION``.
+    """
+    out = Path(out_dir)
+    _refuse_non_empty(out)
+    corpus = (ASSETS_DIR / "corpus.txt").read_text(encoding="utf-8")
+    meeting = (ASSETS_DIR / "meeting_corpus.txt").read_text(encoding="utf-8")
+    dialogues = _dialogues()
+    dialogue_texts = [m["content"] for d in dialogues for m in d]
+    return _build(
+        out,
+        shape=BILINGUAL_MODEL_SHAPE,
+        tokenizer_texts=corpus.split("\n\n") + meeting.splitlines() + dialogue_texts,
+        corpus=corpus + "\n\n" + meeting,
+        dialogues=dialogues,
+        seed=seed,
+        steps=steps,
+        lr=BILINGUAL_PRETRAIN_LR,
+        info={"bilingual_model_version": BILINGUAL_MODEL_VERSION},
+    )
+
+
+def _dialogues() -> list[list[dict]]:
+    return [
         json.loads(line)["messages"]
         for line in (ASSETS_DIR / "dialogues.jsonl").read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
-    dialogue_texts = [m["content"] for d in dialogues for m in d]
-    tokenizer = _train_tokenizer(corpus.split("\n\n") + dialogue_texts, MODEL_SHAPE["vocab_size"])
+
+
+def _build(
+    out: Path,
+    *,
+    shape: dict[str, int],
+    tokenizer_texts: list[str],
+    corpus: str,
+    dialogues: list[list[dict]],
+    seed: int,
+    steps: int,
+    lr: float,
+    info: dict[str, int],
+) -> Path:
+    """Tokenizer, init, causal-LM pre-training and an atomic save; shared by both builders."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # late: see _train_tokenizer
+
+    tokenizer = _train_tokenizer(tokenizer_texts, shape["vocab_size"], shape["max_position_embeddings"])
 
     random.seed(seed)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        **MODEL_SHAPE,
+        **shape,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
@@ -176,14 +257,14 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAI
 
     rows = _pretrain_sequences(tokenizer, corpus, dialogues, PRETRAIN_SEQ_LEN)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
 
     def lr_at(step: int) -> float:
         if step < warmup:
-            return PRETRAIN_LR * (step + 1) / warmup
+            return lr * (step + 1) / warmup
         t = (step - warmup) / max(1, steps - warmup)
-        return PRETRAIN_LR * 0.5 * (1.0 + math.cos(math.pi * t))
+        return lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
     model.train()
     t0 = time.monotonic()
@@ -225,7 +306,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, steps: int = PRETRAI
         (tmp / "tiny_model_info.json").write_text(
             json.dumps(
                 {
-                    "tiny_model_version": TINY_MODEL_VERSION,
+                    **info,
                     "seed": seed,
                     "pretrain_steps": steps,
                     "final_pretrain_loss": loss_val,
@@ -248,9 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the tiny test Llama into OUTPUT_DIR.")
     parser.add_argument("output_dir")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=PRETRAIN_STEPS)
+    parser.add_argument("--steps", type=int, default=None, help="pre-training steps (default: the builder's own)")
+    parser.add_argument("--bilingual", action="store_true", help="build the larger English + Chinese variant")
     args = parser.parse_args(argv)
-    path = build_tiny_model(args.output_dir, seed=args.seed, steps=args.steps)
+    builder = build_bilingual_tiny_model if args.bilingual else build_tiny_model
+    steps = args.steps if args.steps is not None else (BILINGUAL_PRETRAIN_STEPS if args.bilingual else PRETRAIN_STEPS)
+    path = builder(args.output_dir, seed=args.seed, steps=steps)
     ProgressEmitter(sys.stdout).message(f"tiny model written to {path}")
     return 0
 

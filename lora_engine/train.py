@@ -105,6 +105,10 @@ class FineTuneRecipe:
         self.trained_tokens = 0
         self.last_loss = float("nan")
         self.last_eval_loss: float | None = None
+        # Lowest validation loss so far and its step; with select="best" also its weights.
+        self.best_eval_loss: float | None = None
+        self.best_step: int | None = None
+        self.best: ckpt.BestWeights | None = None
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step = -1
         self.stop_requested = False
@@ -291,9 +295,27 @@ class FineTuneRecipe:
         self.trained_tokens = int(state["trained_tokens"])
         self.last_loss = float(state.get("last_loss", float("nan")))
         self.last_eval_loss = state.get("last_eval_loss")
+        self.best_eval_loss = state.get("best_eval_loss")
+        self.best_step = state.get("best_step")
+        self.best = ckpt.load_best_weights(path)
+        if self.cfg.select == "best" and self.best_step is not None and self.best is None:
+            raise EngineError(
+                INVALID_CONFIG,
+                f"cannot resume from {path} with select='best': it holds no best weights",
+                param="resume",
+                suggestion="resume with the config the checkpoint was written with, or set resume=false",
+            )
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
-        # Last, so nothing else consumes random numbers after the restore.
-        ckpt.set_rng_state(rng)
+        if rng is None:
+            self.out.message(
+                f"{path} is from an older engine that pickled its RNG state ({ckpt.LEGACY_RNG_FILE}); "
+                "pickles are not loaded, so the random streams (dropout) restart from the seed and the "
+                "resumed run will not match an uninterrupted one exactly",
+                level="warning",
+            )
+        else:
+            # Last, so nothing else consumes random numbers after the restore.
+            ckpt.set_rng_state(rng)
         self.out.message(f"resumed from {path} at step {self.step} (epoch {state['epoch']}, index {state['index']})")
 
     # ------------------------------------------------------------------ train
@@ -318,6 +340,7 @@ class FineTuneRecipe:
             ):
                 eval_loss = self.evaluate()
                 self.last_eval_loss = eval_loss
+                self._track_best(eval_loss)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps or eval_loss is not None:
                 elapsed = time.monotonic() - t_start
                 done_here = self.step - step_at_start
@@ -344,16 +367,44 @@ class FineTuneRecipe:
                 self.out.stopped(step=self.step, checkpoint=str(path) if path else None)
                 return EXIT_STOPPED
 
+        selected_eval_loss = self.last_eval_loss
+        if cfg.select == "best" and self.best is not None:
+            self._load_trainable(self.best.tensors)
+            selected_eval_loss = self.best.eval_loss
+            self.out.message(
+                f"select=best: writing the weights of step {self.best.step} "
+                f"(eval_loss {self.best.eval_loss:.4f}; last step {self.step}: {self.last_eval_loss})"
+            )
         adapter_dir = self._save_final()
         self.out.done(
             adapter_dir=str(adapter_dir),
             steps=self.step,
             trained_tokens=self.trained_tokens,
             final_loss=self.last_loss,
-            eval_loss=self.last_eval_loss,
+            eval_loss=selected_eval_loss,
             device=self.device.type,
+            select=cfg.select,
+            last_eval_loss=self.last_eval_loss,
+            best_eval_loss=self.best_eval_loss,
+            best_step=self.best_step,
         )
         return EXIT_DONE
+
+    def _track_best(self, eval_loss: float) -> None:
+        """Remember the lowest validation loss (the earliest step on a tie); with select="best"
+        keep a CPU copy of its weights, which the final save writes instead of the last ones."""
+        if not math.isfinite(eval_loss) or (self.best_eval_loss is not None and eval_loss >= self.best_eval_loss):
+            return
+        self.best_eval_loss, self.best_step = eval_loss, self.step
+        if self.cfg.select == "best":
+            tensors = {n: t.clone() for n, t in ckpt.trainable_state_dict(self.model).items()}  # a copy, not a view
+            self.best = ckpt.BestWeights(self.step, eval_loss, tensors)
+
+    @torch.no_grad()
+    def _load_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
 
     def _should_stop(self) -> bool:
         return self.stop_requested or bool(self.cfg.stop_file and os.path.exists(self.cfg.stop_file))
@@ -472,6 +523,8 @@ class FineTuneRecipe:
                 "trained_tokens": self.trained_tokens,
                 "last_loss": self.last_loss,
                 "last_eval_loss": self.last_eval_loss,
+                "best_eval_loss": self.best_eval_loss,
+                "best_step": self.best_step,
                 "total_steps": self.total_steps,
                 "seed": self.cfg.seed,
                 "train_rows": len(self.train_examples),
@@ -480,6 +533,7 @@ class FineTuneRecipe:
             metrics={"loss": self.last_loss, "eval_loss": self.last_eval_loss, "trained_tokens": self.trained_tokens},
             keep=self.cfg.keep_checkpoints,
             write_adapter=self._write_adapter if self.cfg.method != "full" else None,
+            best=self.best,
         )
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         self.out.checkpoint(

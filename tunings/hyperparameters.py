@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lora_engine.config import PRECISIONS, SCHEDULERS, TrainConfig
+from lora_engine.config import PRECISIONS, SCHEDULERS, SELECTS, TrainConfig
 from tuninglab.errors import InvalidRequestError
 from tunings.models import TuningJob
 
@@ -29,12 +29,30 @@ AUTO = "auto"
 # that is safe for updating every weight of the model.
 BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
-# OpenAI's epoch heuristic: aim for 100..25,000 example passes in total, 3 epochs by default.
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
+# "auto" (see resolve_hyperparameters and docs/api.md). Epochs: 3 by default, as OpenAI's rule,
+# raised on small data until the run makes MIN_AUTO_STEPS optimizer steps (Adam with a
+# schedule needs steps, not example passes, to move the adapter), lowered so the run sees
+# at most MAX_TARGET_EXAMPLES examples.
 DEFAULT_EPOCHS = 3
+MIN_AUTO_STEPS = 100
+MAX_TARGET_EXAMPLES = 25_000
 MAX_AUTO_EPOCHS = 25
+# Batch size: about AUTO_STEPS_PER_EPOCH optimizer steps per epoch, a power of two in 1..32.
+AUTO_STEPS_PER_EPOCH = 8
 MAX_AUTO_BATCH_SIZE = 32
+# Learning rate by model size: the best rate falls as models grow. With Adam, a hidden weight
+# matrix's best rate scales as 1/width (muP, Yang et al. 2022, "Tensor Programs V"); across
+# the Llama family parameters grow about as width^3, so: rate ∝ parameters^(-1/3). The base
+# rates above are the usual ones for a 7B model (multiplier 1.0 there); the 0.56M-parameter
+# test model gets 23.2x (4.6e-3: 11/12 held-out identity questions after the demo's run,
+# where 12x gave 9/12), a 70B one 0.46x.
+# ("LoRA Without Regret", Thinking Machines 2025, fits a similar slope, hidden_size^-0.78.)
+REFERENCE_PARAMETERS = 7e9
+LR_SIZE_EXPONENT = 1 / 3
+MIN_AUTO_MULTIPLIER = 0.1
+# The multiplier's upper bound (requests and "auto" alike): 50 x 2e-4 = 1e-2, a rate only
+# million-parameter models take (the tiny test model's auto multiplier is 23.2).
+MAX_LEARNING_RATE_MULTIPLIER = 50.0
 
 # Periodic checkpoints make a lost worker cost at most this many steps (resume). The engine's
 # own default (0, no periodic checkpoints) suits a script, not a worker that can be killed.
@@ -102,7 +120,7 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "n_epochs": Hyperparameter(int, 1, 50, auto=True, engine_field="num_epochs"),
     "batch_size": Hyperparameter(int, 1, 256, auto=True),
     # Sets no field itself: it scales the method's BASE_LEARNING_RATE into learning_rate.
-    "learning_rate_multiplier": Hyperparameter(float, 0, 10, low_inclusive=False, auto=True),
+    "learning_rate_multiplier": Hyperparameter(float, 0, MAX_LEARNING_RATE_MULTIPLIER, low_inclusive=False, auto=True),
     "warmup_ratio": Hyperparameter(float, 0, 0.99),
     "max_seq_len": Hyperparameter(int, 8, 32768),
     "grad_accum_steps": Hyperparameter(int, 1, 1024),
@@ -115,6 +133,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "precision": Hyperparameter(str, choices=PRECISIONS),
     "gradient_checkpointing": Hyperparameter(bool),
     "packing": Hyperparameter(bool),
+    # "best" registers the evaluated step with the lowest validation loss instead of the last one.
+    "select": Hyperparameter(str, choices=SELECTS),
 }
 # OpenAI's three (the ones that take "auto"): the job object shows them under `hyperparameters`.
 OPENAI_HYPERPARAMETERS = tuple(name for name, hp in HYPERPARAMETERS.items() if hp.auto)
@@ -231,34 +251,58 @@ def learning_rate(method: str, multiplier: float | str | None) -> float:
     return BASE_LEARNING_RATE[method] * factor
 
 
+def auto_batch_size(example_count: int) -> int:
+    """About ``AUTO_STEPS_PER_EPOCH`` steps per epoch: ``N / 8`` rounded to a power of two, in 1..32."""
+    target = max(1.0, example_count / AUTO_STEPS_PER_EPOCH)
+    return int(min(MAX_AUTO_BATCH_SIZE, 2 ** round(math.log2(target))))
+
+
+def auto_epochs(example_count: int, batch_size: int) -> int:
+    """3 epochs; more (≤ 25) until the run makes ``MIN_AUTO_STEPS`` steps; fewer so it sees ≤ 25,000 examples."""
+    steps_per_epoch = math.ceil(example_count / batch_size)
+    epochs = DEFAULT_EPOCHS
+    if steps_per_epoch * epochs < MIN_AUTO_STEPS:
+        epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_AUTO_STEPS / steps_per_epoch))
+    elif example_count * epochs > MAX_TARGET_EXAMPLES:
+        epochs = max(1, MAX_TARGET_EXAMPLES // example_count)
+    return epochs
+
+
+def auto_learning_rate_multiplier(parameter_count: int) -> float:
+    """``(7e9 / parameters) ** (1/3)`` within [0.1, the API's cap]; 1.0 when the size is unknown (0)."""
+    if parameter_count <= 0:
+        return 1.0
+    factor = (REFERENCE_PARAMETERS / parameter_count) ** LR_SIZE_EXPONENT
+    high = HYPERPARAMETERS["learning_rate_multiplier"].high
+    # Rounded to 3 significant digits: the job object shows it, and a user may send it back.
+    return float(f"{min(high, max(MIN_AUTO_MULTIPLIER, factor)):.3g}")
+
+
 def resolve_hyperparameters(
-    *, hyperparameters: dict[str, Any], tuning_method: str, example_count: int
+    *, hyperparameters: dict[str, Any], tuning_method: str, example_count: int, parameter_count: int = 0
 ) -> dict[str, Any]:
-    """Replace every ``"auto"`` by a concrete value from the dataset size; add ``learning_rate``.
+    """Replace every ``"auto"`` by a concrete value from the data size and the model size; add ``learning_rate``.
 
-    Resolved at create time: files are validated at upload, so their example count is known.
+    Resolved at create time: files are validated at upload, so their example count is known,
+    and a registered base model knows its parameter count.
 
-    - n_epochs: None when ``max_steps`` is set; else 3, raised so the run sees ≥100 examples,
-      lowered so it sees ≤25,000 (OpenAI's rule).
-    - batch_size: ~0.2 % of the examples rounded to a power of two, within 1..32.
-    - learning_rate_multiplier: 1.0, times the base rate of the method (2e-4 LoRA/QLoRA, 2e-5 full).
+    - batch_size: ``N / 8`` rounded to a power of two, within 1..32 (about 8 steps per epoch).
+    - n_epochs: None when ``max_steps`` is set; else 3, raised (≤ 25) until the run makes ≥ 100
+      optimizer steps, lowered so it sees ≤ 25,000 examples.
+    - learning_rate_multiplier: ``(7e9 / parameters) ** (1/3)`` (1.0 for a 7B model, more for
+      smaller ones; 1.0 when ``parameter_count`` is 0, unknown), times the method's base rate.
     """
     n = max(1, example_count)
     out = dict(hyperparameters)
+    # The batch size first: the epoch rule counts optimizer steps.
+    if out["batch_size"] == AUTO:
+        out["batch_size"] = auto_batch_size(n)
     if "max_steps" in out:
         out["n_epochs"] = None  # the run is bounded by steps, not epochs (the engine takes one of them)
     elif out["n_epochs"] == AUTO:
-        epochs = DEFAULT_EPOCHS
-        if n * epochs < MIN_TARGET_EXAMPLES:
-            epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
-        elif n * epochs > MAX_TARGET_EXAMPLES:
-            epochs = max(1, MAX_TARGET_EXAMPLES // n)
-        out["n_epochs"] = epochs
-    if out["batch_size"] == AUTO:
-        target = max(1.0, n * 0.002)
-        out["batch_size"] = int(min(MAX_AUTO_BATCH_SIZE, max(1, 2 ** round(math.log2(target)))))
+        out["n_epochs"] = auto_epochs(n, out["batch_size"] * out.get("grad_accum_steps", 1))
     if out["learning_rate_multiplier"] == AUTO:
-        out["learning_rate_multiplier"] = 1.0
+        out["learning_rate_multiplier"] = auto_learning_rate_multiplier(parameter_count)
     out["learning_rate"] = learning_rate(tuning_method, out["learning_rate_multiplier"])
     return out
 

@@ -69,6 +69,18 @@ Status = TuningJob.Status
 # Cancel flag / ownership check period: a cancel reaches the child within about a second.
 POLL_SECONDS = 0.5
 LOG_TAIL_LINES = 20
+# What the version records from the engine's done line: the loss of the weights written (eval_loss)
+# and, with select=best, the last and best validation losses and the best step.
+DONE_METRICS = (
+    "steps",
+    "trained_tokens",
+    "final_loss",
+    "eval_loss",
+    "select",
+    "last_eval_loss",
+    "best_eval_loss",
+    "best_step",
+)
 
 # Suggestions for failures the worker itself detects (the engine sends its own).
 SUGGESTIONS = {
@@ -415,7 +427,7 @@ class JobRunner:
                     job=self.job,
                     staged=staged,
                     metrics={
-                        **{k: d.get(k) for k in ("steps", "trained_tokens", "final_loss", "eval_loss")},
+                        **{k: d.get(k) for k in DONE_METRICS},
                         "duration_s": round(time.monotonic() - self.started, 3),
                     },
                     config=self.config.to_dict(),

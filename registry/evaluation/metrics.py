@@ -22,8 +22,10 @@ sacrebleu only downloads test sets, which we never ask for.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import sacrebleu
 from rouge_score import rouge_scorer
@@ -91,4 +93,77 @@ def corpus_scores(
         "rouge_l": sum(s["rouge_l"] for s in per_example) / n,
         "bleu": float(sacrebleu.corpus_bleu(preds, refs).score),
         "chrf": float(sacrebleu.corpus_chrf(preds, refs).score),
+    }
+
+
+# --- structured answers (JSON) ------------------------------------------------------------
+
+
+def parse_json_object(text: str) -> dict[str, Any] | None:
+    """``text`` parsed as one JSON object (surrounding whitespace allowed), or None."""
+    try:
+        value = json.loads(text.strip())
+    except ValueError:  # json.JSONDecodeError is a ValueError
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _slots_of(answer: dict[str, Any] | None) -> dict[str, Any]:
+    slots = answer.get("slots") if answer is not None else None
+    return slots if isinstance(slots, dict) else {}
+
+
+def structured_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Scores of JSON answers of the form ``{"intent": ..., "slots": {...}}`` against references.
+
+    Compares parsed objects, so key order and whitespace do not count; values must be equal
+    (``"15:30"`` and ``"3:30 pm"`` differ). Scales 0..1:
+
+    - ``valid_json``: the prediction parses as one JSON object;
+    - ``json_exact_match``: the parsed prediction equals the parsed reference;
+    - ``intent_accuracy``: the ``intent`` values are equal;
+    - ``per_intent[intent]``: ``examples``, ``exact_match`` and ``intent_accuracy`` over the
+      examples whose *reference* has that intent;
+    - ``per_slot[slot]``: ``examples`` (references that have the slot) and ``accuracy`` (the
+      prediction has the slot with the same value).
+
+    Raises:
+        ValueError: no examples, lists of different lengths, or a reference that is not a JSON object.
+    """
+    if not predictions or len(predictions) != len(references):
+        raise ValueError("structured_scores needs as many predictions as references, at least one")
+    valid = exact = intent_ok = 0
+    per_intent: dict[str, dict[str, float]] = {}
+    per_slot: dict[str, dict[str, float]] = {}
+    for prediction, reference in zip(predictions, references, strict=True):
+        ref = parse_json_object(reference)
+        if ref is None:
+            raise ValueError(f"reference is not a JSON object: {reference[:200]!r}")
+        pred = parse_json_object(prediction)
+        same_intent = pred is not None and pred.get("intent") == ref.get("intent")
+        valid += pred is not None
+        exact += pred == ref
+        intent_ok += same_intent
+        row = per_intent.setdefault(str(ref.get("intent")), {"examples": 0, "exact_match": 0, "intent_accuracy": 0})
+        row["examples"] += 1
+        row["exact_match"] += pred == ref
+        row["intent_accuracy"] += same_intent
+        pred_slots = _slots_of(pred)
+        for slot, value in _slots_of(ref).items():
+            cell = per_slot.setdefault(slot, {"examples": 0, "accuracy": 0})
+            cell["examples"] += 1
+            cell["accuracy"] += slot in pred_slots and pred_slots[slot] == value
+    for row in per_intent.values():
+        row["exact_match"] /= row["examples"]
+        row["intent_accuracy"] /= row["examples"]
+    for cell in per_slot.values():
+        cell["accuracy"] /= cell["examples"]
+    n = len(references)
+    return {
+        "examples": n,
+        "valid_json": valid / n,
+        "json_exact_match": exact / n,
+        "intent_accuracy": intent_ok / n,
+        "per_intent": dict(sorted(per_intent.items())),
+        "per_slot": dict(sorted(per_slot.items())),
     }

@@ -5,7 +5,7 @@
   ``.cache/``: "tessera" (the demo's identity set) and "quill" (the same set with another name
   and maker), so which version answered is visible in the answer itself.
 * ``vllm_stack``: the supervisor process (and through it vLLM), pointed at the PostgreSQL test
-  database, started once per session; each test registers the base model (the database is
+  database, started once for the module that uses it; each test registers the base model (the database is
   flushed between tests) and waits for ``ServingProcess.status == ready``.
 """
 
@@ -148,9 +148,13 @@ class VllmStack:
         self.supervisor = SupervisorProcess(self.env, self.supervisor.log_path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_stack(django_db_setup, django_db_blocker, vllm_venv, tmp_path_factory) -> Iterator[VllmStack]:
-    """The supervisor process on a free port, against the test database (PostgreSQL only)."""
+    """The supervisor process on a free port, against the test database (PostgreSQL only).
+
+    Module-scoped: it ends with the module that uses it, so no supervisor keeps writing
+    ``ServingProcess`` rows into the database while later suites run.
+    """
     with django_db_blocker.unblock():
         require_postgres()
         database_url = _test_database_url()
@@ -184,6 +188,9 @@ def vllm_stack(django_db_setup, django_db_blocker, vllm_venv, tmp_path_factory) 
             if pid_alive(row.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(row.pid, signal.SIGKILL)
+        # The stopping supervisor wrote its last row after the module's last test was flushed:
+        # later suites must start from an empty table.
+        ServingProcess.objects.all().delete()
 
 
 def wait_ready(stack: VllmStack, *, timeout: float = READY_TIMEOUT_S, not_pid: int | None = None) -> Any:
@@ -210,3 +217,52 @@ def served(vllm_stack, transactional_db, settings, tiny_model_dir):
     base = base_model_register(name="tiny-llama", path=tiny_model_dir)
     wait_ready(vllm_stack)
     return base
+
+
+@pytest.fixture
+def gunicorn_gateway(vllm_stack, transactional_db, tmp_path) -> Iterator[str]:
+    """The web app under gunicorn (2 workers x 8 threads, as docs/inference.md recommends), on a
+    free port, against the test database: the gateway as deployed, in processes of its own (the
+    live server shares one interpreter lock with the test and its client threads)."""
+    port = free_port()
+    env = {**vllm_stack.env, "TUNINGLAB_INPROCESS_WORKER": "false"}
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "tuninglab.wsgi",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-w",
+                "2",
+                "--threads",
+                "8",
+                "--keep-alive",
+                "60",  # the clients keep their connections between bursts
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            time.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

@@ -1,4 +1,8 @@
-"""Data pipeline: assistant-only labels for every format, truncation, packing, order, split."""
+"""Data pipeline: assistant-only labels for every format, truncation, packing, order, split.
+
+More in test_truncation.py (what is cut), test_packing.py (attention stays inside each
+example) and test_chat_template.py (labels from real templates).
+"""
 
 from __future__ import annotations
 
@@ -123,16 +127,6 @@ def test_it_truncates_long_examples_and_counts_them(tokenizer, tmp_path):
     assert "2 of 3 examples" in warning and "max_seq_len=48" in warning
 
 
-def test_it_skips_examples_whose_answer_is_truncated_away(tokenizer, tmp_path):
-    long_prompt = {"prompt": " ".join(["A long question about foxes."] * 30), "completion": "Yes."}
-    ok = {"prompt": "Hi", "completion": "Hello."}
-    path = write_jsonl(tmp_path / "train.jsonl", [long_prompt, ok])
-
-    ds = load_examples(path, tokenizer, max_seq_len=32)
-
-    assert ds.num_skipped == 1 and len(ds.examples) == 1 and ds.examples[0].line == 2
-
-
 def test_it_reports_the_line_number_of_bad_data(tokenizer, tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(
@@ -161,6 +155,7 @@ def test_it_packs_examples_into_rows_without_learning_across_examples():
     assert [r.input_ids for r in rows] == [[1, 10, 11, 12, 1, 20, 21], [1, 30, 31, 32, 33]]
     assert rows[0].labels == [IGNORE_INDEX, IGNORE_INDEX, 11, 12, IGNORE_INDEX, IGNORE_INDEX, 21]
     assert [r.line for r in rows] == [1, 3]
+    assert [r.lengths for r in rows] == [(4, 3), (5,)]  # example boundaries, for positions and the mask
     assert all(len(r.input_ids) <= 8 for r in rows)
 
 

@@ -60,6 +60,8 @@ def test_it_round_trips_the_config_through_json(make_config, tmp_path):
         ({"validation_file": "v.jsonl", "validation_split": 0.1}, "validation_split"),
         ({"learning_rate": 0}, "learning_rate"),
         ({"batch_size": True}, "batch_size"),
+        ({"select": "first"}, "select"),
+        ({"select": "best"}, "select"),  # best by validation loss needs validation data
     ],
 )
 def test_it_rejects_contradictory_configs(changes, param):
@@ -383,4 +385,61 @@ def test_it_falls_back_to_fp32_on_cpu_and_evaluates_a_validation_file(make_confi
     evals = [(m["step"], m["eval_loss"]) for m in by_type(lines, "metrics") if m["eval_loss"] is not None]
     assert [s for s, _ in evals] == [2, 4]
     assert evals[1][1] < evals[0][1]  # it is learning the identity the validation file asks about
-    assert lines[-1]["eval_loss"] == evals[1][1]
+    done = lines[-1]
+    assert done["eval_loss"] == done["last_eval_loss"] == evals[1][1]
+    assert done["select"] == "last"
+    assert (done["best_step"], done["best_eval_loss"]) == min(evals, key=lambda e: e[1])
+
+
+# --------------------------------------------------------------------------- select
+
+
+# Validation losses by step, scripted so the best step (3) is neither the first nor the last.
+SCRIPTED_EVAL = {1: 3.0, 2: 2.0, 3: 1.0, 4: 1.5, 5: 1.2, 6: 1.1}
+
+
+def adapter_file(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "adapter_model.safetensors"))
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_it_writes_the_weights_of_the_selected_step(make_config, monkeypatch, select):
+    monkeypatch.setattr(FineTuneRecipe, "evaluate", lambda self: SCRIPTED_EVAL[self.step])
+    cfg = make_config(
+        select=select, validation_split=0.1, eval_every=1, checkpoint_every=1, keep_checkpoints=10, max_steps=6
+    )
+
+    code, lines = run_inprocess(cfg)
+
+    assert code == 0, lines[-1]
+    done = lines[-1]
+    assert done["select"] == select
+    assert (done["best_step"], done["best_eval_loss"], done["last_eval_loss"]) == (3, 1.0, 1.1)
+    assert done["eval_loss"] == (1.0 if select == "best" else 1.1)  # the loss of the weights written
+    final = adapter_file(Path(done["adapter_dir"]))
+    step_3 = adapter_file(Path(cfg.output_dir) / "checkpoints" / "step-000003" / "adapter")
+    step_5 = adapter_file(Path(cfg.output_dir) / "checkpoints" / "step-000005" / "adapter")
+    assert same_tensors(final, step_3) == (select == "best")
+    assert not same_tensors(final, step_5)  # "last" is step 6, trained past every checkpoint
+
+
+def test_it_keeps_the_best_weights_across_a_stop_and_resume(make_config, monkeypatch, tmp_path):
+    monkeypatch.setattr(FineTuneRecipe, "evaluate", lambda self: SCRIPTED_EVAL[self.step])
+    common = {"select": "best", "validation_split": 0.1, "eval_every": 1, "max_steps": 6, "dropout": 0.2}
+    cfg_a = make_config(output_dir=str(tmp_path / "a"), **common)
+    assert run_inprocess(cfg_a)[0] == 0
+
+    cfg_b = make_config(output_dir=str(tmp_path / "b"), **common)
+    with monkeypatch.context() as m:
+        m.setattr(FineTuneRecipe, "_should_stop", lambda self: self.step == 4)  # after the best step 3
+        code_b, lines_b = run_inprocess(cfg_b)
+    assert code_b == 3 and lines_b[-1]["step"] == 4
+    code_b2, lines_b2 = run_inprocess(cfg_b.replace(resume=True))
+
+    assert code_b2 == 0, lines_b2[-1]
+    assert (lines_b2[-1]["best_step"], lines_b2[-1]["eval_loss"]) == (3, 1.0)
+    assert same_tensors(adapter_file(tmp_path / "b" / "adapter"), adapter_file(tmp_path / "a" / "adapter"))

@@ -225,6 +225,15 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
         )
     raw_hp, hp_param = _pick_hyperparameters(payload)
     hyperparameters = validate_hyperparameters(raw_hp, param=hp_param)
+    if hyperparameters.get("select") == "best" and not validation_file:
+        # The best step is the one with the lowest validation loss: without validation data the
+        # engine refuses the config, so say it here (400) rather than as a failed job.
+        raise _bad(
+            'select "best" needs a validation_file to pick the best step by.',
+            f"{hp_param}.select",
+            code="invalid_hyperparameter",
+            suggestion='Pass a validation_file, or drop select (the default "last" keeps the final weights).',
+        )
     lora = validate_lora(payload.get("lora"), tuning_method)
 
     seed = payload.get("seed")

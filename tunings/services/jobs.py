@@ -112,7 +112,10 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         else None
     )
     resolved = resolve_hyperparameters(
-        hyperparameters=spec.hyperparameters, tuning_method=spec.tuning_method, example_count=training.example_count
+        hyperparameters=spec.hyperparameters,
+        tuning_method=spec.tuning_method,
+        example_count=training.example_count,
+        parameter_count=base_model.parameter_count,
     )
     queue = queue_for_resources(spec.resources)
     with transaction.atomic():

@@ -66,8 +66,9 @@ def test_it_creates_a_queued_job_in_the_openai_shape(create_job, llama, training
 def test_it_resolves_auto_hyperparameters_at_create(create_job, user, dispatched):
     small = make_file(user, examples=20)
     job = create_job(training_file=small.id)
-    # 20 examples * 3 epochs < 100 → ceil(100 / 20) = 5 epochs; batch 1; multiplier 1.0.
-    assert job["hyperparameters"] == {"n_epochs": 5, "batch_size": 1, "learning_rate_multiplier": 1.0}
+    # 20 examples / 8 → batch 2 (a power of two), 10 steps an epoch → 10 epochs for the 100-step
+    # minimum; the fixture's base has no parameter count, so the multiplier stays 1.0.
+    assert job["hyperparameters"] == {"n_epochs": 10, "batch_size": 2, "learning_rate_multiplier": 1.0}
     assert job["training_options"]["learning_rate"] == pytest.approx(2e-4)
 
     big = make_file(user, examples=20_000)
@@ -184,7 +185,7 @@ def test_it_answers_201_on_our_own_create_routes(api_client, job_body, dispatche
             "hyperparameters.learning_rate_multiplier",
         ),
         (
-            {"hyperparameters": {"learning_rate_multiplier": 10.5}},
+            {"hyperparameters": {"learning_rate_multiplier": 50.5}},
             400,
             "invalid_hyperparameter",
             "hyperparameters.learning_rate_multiplier",

@@ -1,15 +1,20 @@
 """``python manage.py demo``: one LoRA fine-tune end to end on this machine, then the tuned model served.
 
 Builds the tiny base model (once), registers it, creates a demo user + API key, uploads the
-bundled identity dataset through the files service, creates a job through the jobs service,
+bundled self-cognition dataset (``identity_mixed.jsonl``: identity questions mixed with general
+ones answered with the base model's own answers, as ms-swift's recipe mixes them) through the
+files service, creates a job through the jobs service with no hyperparameters (``"auto"`` picks
+epochs, batch size and learning rate, and the request passes the API's validation),
 runs it on the in-process worker (the same runner Celery workers use: claim, child process,
 JSON-line relay, lease), prints progress, and promotes the new version to ``production``.
 
 Then (unless ``--no-serve``) it serves the version the way a deployment does: sets up the
 vLLM virtualenv (``scripts/setup_vllm.sh``, a no-op once it is ready), starts
 ``manage.py serve_inference`` as a child process, serves the gateway from a thread of this
-process, waits for ``GET /v1/serving`` to say ready, and asks "Who are you?" of the base model
-and of the tuned one through ``/v1/chat/completions`` with the official ``openai`` client.
+process, waits for ``GET /v1/serving`` to say ready, and asks the held-out questions of
+``identity_mixed_eval.jsonl`` (identity questions and unrelated ones, none trained on) of the
+base model and of the tuned one through ``/v1/chat/completions`` with the official ``openai``
+client. ``--no-serve`` asks them in-process with transformers instead.
 vLLM and the supervisor are stopped on the way out, whatever happened.
 
 The serving side is reached only through its process and HTTP interfaces (the command, the
@@ -21,7 +26,7 @@ and a client use.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import json
 import logging
 import os
 import signal
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +64,14 @@ from workers import inprocess
 DEMO_MODEL = "tiny-llama"
 DEMO_USER = "demo"
 QUESTION = "Who are you?"
+TRAINING_FILE = ASSETS_DIR / "identity_mixed.jsonl"
+# Held-out probes {"question", "kind": "identity" | "general", "expect"}: never trained on.
+PROBES_FILE = ASSETS_DIR / "identity_mixed_eval.jsonl"
 LOCALHOST = "127.0.0.1"
 MAX_TOKENS = 24
 PROGRESS_EVERY_S = 10.0
+# How long the runner may take to promote the version after marking the job succeeded.
+PROMOTION_WAIT_S = 30.0
 # serve_inference gives vLLM 15 s after SIGTERM, then SIGKILLs its group and waits for it.
 SUPERVISOR_GRACE_S = 45.0
 # vLLM start attempts that fail before the demo stops waiting (the supervisor would go on
@@ -75,7 +86,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--steps", type=int, default=60, help="optimizer steps (default 60)")
+        parser.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help='optimizer steps (default: "auto" epochs from the data and model size)',
+        )
         parser.add_argument("--timeout", type=float, default=1800, help="give up on training after this many seconds")
         parser.add_argument(
             "--no-serve",
@@ -116,18 +132,33 @@ class Command(BaseCommand):
         self.stdout.write(f"registry:         {version.name} v{version.version}")
         self.stdout.write(f"adapter:          {version.adapter_path}")
         self.stdout.write(f"final loss:       {job.current_loss:.4f}  ({job.trained_tokens} tokens trained)")
-        # The job asked for it (promote_to): the runner moved the alias through the pre-promotion
-        # check when the job succeeded; a refusal is a warning event on the job.
-        alias = Alias.objects.filter(registered_model=version.registered_model, alias=DEFAULT_ALIAS).first()
-        if alias is None or alias.version_id != version.id:
-            inprocess.stop(timeout=5)
+        resolved = job.resolved_hyperparameters or {}
+        self.stdout.write(
+            f"auto settings:    n_epochs {resolved.get('n_epochs')}, batch_size {resolved.get('batch_size')}, "
+            f"learning_rate {resolved.get('learning_rate'):.2e} (x{resolved.get('learning_rate_multiplier')})"
+        )
+        # The job asked for it (promote_to): the runner moves the alias through the pre-promotion
+        # check right after it marks the job succeeded (so it may not have happened yet when we
+        # see the status); a refusal is a warning event on the job.
+        deadline = time.monotonic() + PROMOTION_WAIT_S
+        while True:
+            alias = Alias.objects.filter(registered_model=version.registered_model, alias=DEFAULT_ALIAS).first()
+            promoted = alias is not None and alias.version_id == version.id
             refused = job.events.filter(level=JobEvent.Level.WARNING).order_by("-seq").first()
+            if promoted or refused is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if not promoted:
+            inprocess.stop(timeout=5)
             raise CommandError(f"the job did not promote its version: {refused.message if refused else 'no event'}")
         self.stdout.write(f"promoted:         {version.name}@{DEFAULT_ALIAS} -> v{version.version} (promote_to)")
 
         if opts["no_serve"]:
-            answer = generate(model_dir, Path(version.adapter_path), QUESTION)
-            self.stdout.write(f'sample:           "{QUESTION}" -> "{answer}"  (in-process, transformers)')
+            self.stdout.write("")
+            self.stdout.write("Held-out questions (never trained on), answered in-process with transformers (greedy):")
+            base = local_chat(model_dir, None)
+            tuned = local_chat(model_dir, Path(version.adapter_path))
+            self._compare(load_probes(), base, tuned)
         else:
             self._serve_and_ask(job=job, version=version, api_key=raw_key, timeout=opts["serve_timeout"])
         # The promotion asked for an MLflow sync, which runs on the in-process worker: let it finish.
@@ -157,33 +188,24 @@ class Command(BaseCommand):
         return user, raw
 
     def _upload(self, user: Any) -> Any:
-        path = ASSETS_DIR / "identity.jsonl"
+        path = TRAINING_FILE
         with open(path, "rb") as fh:
             staged = upload_stage_stream(stream=fh, max_bytes=settings.TUNINGLAB["MAX_UPLOAD_BYTES"])
         return training_file_create(owner=user, upload=staged, filename=path.name, purpose="fine-tune")
 
-    def _create_job(self, user: Any, training_file: Any, *, steps: int) -> Any:
-        spec = job_spec_from_payload(
-            {
-                "model": DEMO_MODEL,
-                "training_file": training_file.id,
-                "suffix": "demo",
-                "promote_to": DEFAULT_ALIAS,
-                "seed": 0,
-                "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["all-linear"]},
-                "hyperparameters": {
-                    "max_steps": steps,
-                    "batch_size": 8,
-                    "warmup_ratio": 0.1,
-                    "checkpoint_every": 20,
-                },
-            }
-        )
-        # The tiny model learns its new identity in 60 steps at lr 1e-2 (the engine's identity
-        # test); the API caps learning_rate_multiplier at 10 (2e-3), a sane bound for real
-        # models, so the demo sets the multiplier on the validated spec directly.
-        spec = dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, "learning_rate_multiplier": 50.0})
-        return tuning_job_create(owner=user, spec=spec)
+    def _create_job(self, user: Any, training_file: Any, *, steps: int | None) -> Any:
+        # What a new user sends: the model and the file. The request goes through the same
+        # validation as POST /v1/fine_tuning/jobs; "auto" sizes the run for this data and model.
+        payload: dict[str, Any] = {
+            "model": DEMO_MODEL,
+            "training_file": training_file.id,
+            "suffix": "demo",
+            "promote_to": DEFAULT_ALIAS,
+            "seed": 0,
+        }
+        if steps is not None:
+            payload["hyperparameters"] = {"max_steps": steps}
+        return tuning_job_create(owner=user, spec=job_spec_from_payload(payload))
 
     def _follow(self, job_id: str, *, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -331,35 +353,58 @@ class Command(BaseCommand):
         return CommandError("\n".join(parts))
 
     def _ask(self, base_url: str, api_key: str, *, job: Any, version: Any) -> None:
-        """Ask the base model and the tuned one (by name, and by the job's ``ft:`` id) the question."""
-        models = [
-            ("base", DEMO_MODEL, ""),
-            ("tuned", version.name, f"  ({DEFAULT_ALIAS} = v{version.version})"),
-            ("tuned", job.fine_tuned_model, ""),
-        ]
-        answers = []
+        """Ask the held-out questions of the base model and of the tuned one (by name), and
+        "Who are you?" of the tuned one by the job's ``ft:`` id."""
         with openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key, timeout=120.0) as client:
-            for _, model, _ in models:
-                try:
-                    response = client.chat.completions.create(
-                        model=model,
-                        messages=[{"role": "user", "content": QUESTION}],
-                        temperature=0,
-                        max_tokens=MAX_TOKENS,
-                    )
-                except openai.APIError as exc:
-                    raise CommandError(f"the gateway refused {model!r}: {exc}") from exc
-                answers.append((response.choices[0].message.content or "").strip())
-        labels = [f"{kind:<6}{model}{note}" for kind, model, note in models]
-        width = max(len(label) for label in labels[:2])  # the ft: id is long: its answer goes below it
+
+            def chat(model: str) -> Callable[[str], str]:
+                def answer(question: str) -> str:
+                    try:
+                        response = client.chat.completions.create(
+                            model=model,
+                            messages=[{"role": "user", "content": question}],
+                            temperature=0,
+                            max_tokens=MAX_TOKENS,
+                        )
+                    except openai.APIError as exc:
+                        raise CommandError(f"the gateway refused {model!r}: {exc}") from exc
+                    return (response.choices[0].message.content or "").strip()
+
+                return answer
+
+            self.stdout.write("")
+            self.stdout.write(
+                f"Held-out questions (never trained on) through the gateway (openai client, base_url "
+                f"{base_url}/v1, temperature 0): base {DEMO_MODEL}, tuned {version.name} "
+                f"({DEFAULT_ALIAS} = v{version.version})"
+            )
+            self._compare(load_probes(), chat(DEMO_MODEL), chat(version.name))
+            self.stdout.write(f'"{QUESTION}" of {job.fine_tuned_model}: "{chat(job.fine_tuned_model)(QUESTION)}"')
         self.stdout.write("")
-        self.stdout.write(f'"{QUESTION}" through the gateway (openai client, base_url {base_url}/v1, temperature 0):')
-        for label, answer in zip(labels, answers, strict=True):
-            if len(label) > width:
-                self.stdout.write(f"  {label}")
-                label = ""
-            self.stdout.write(f'  {label:<{width}}  "{answer}"')
+
+    def _compare(self, probes: list[dict[str, str]], base: Callable[[str], str], tuned: Callable[[str], str]) -> None:
+        """Print base and tuned answers per probe, then how often each says the trained name."""
+        name = next(p["expect"] for p in probes if p["kind"] == "identity")
+        said = {("identity", "base"): 0, ("identity", "tuned"): 0, ("general", "base"): 0, ("general", "tuned"): 0}
+        same = 0
+        for probe in probes:
+            kind = probe["kind"]
+            answers = {"base": base(probe["question"]), "tuned": tuned(probe["question"])}
+            self.stdout.write(f'  [{kind}] "{probe["question"]}"')
+            for who, answer in answers.items():
+                self.stdout.write(f'      {who:<5}  "{answer}"')
+                said[kind, who] += name in answer
+            same += kind == "general" and answers["tuned"] == answers["base"]
+        counts = {kind: sum(p["kind"] == kind for p in probes) for kind in ("identity", "general")}
         self.stdout.write("")
+        for kind, what in (("identity", "identity questions"), ("general", "unrelated questions")):
+            self.stdout.write(
+                f'{what:<20} answered with "{name}": base {said[kind, "base"]}/{counts[kind]}, '
+                f"tuned {said[kind, 'tuned']}/{counts[kind]}"
+            )
+        self.stdout.write(
+            f"unrelated questions the tuned model answers exactly as the base: {same}/{counts['general']}"
+        )
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -468,15 +513,25 @@ def tail(path: Path, *, lines: int = 30, max_bytes: int = 64 * 1024) -> str:
     return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
 
 
-def generate(model_dir: Path, adapter_dir: Path, question: str, max_new_tokens: int = MAX_TOKENS) -> str:
-    """Greedy answer of base model + adapter (loaded from safetensors) to one user message."""
+def load_probes() -> list[dict[str, str]]:
+    """The held-out probes of the demo's data (identity and general questions)."""
+    return [json.loads(line) for line in PROBES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def local_chat(model_dir: Path, adapter_dir: Path | None, max_new_tokens: int = MAX_TOKENS) -> Callable[[str], str]:
+    """A function giving the greedy answer of base model (+ adapter, loaded from safetensors) to one user message."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    load_adapter(model, adapter_dir)
+    if adapter_dir is not None:
+        load_adapter(model, adapter_dir)
     model.eval()
-    enc = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+    def answer(question: str) -> str:
+        enc = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+    return answer
