@@ -169,6 +169,9 @@ def test_completions_generate_and_errors_pass_through(oai, live_server, api_clie
     assert unknown.value.body["code"] == "model_not_found" and "bot@production" in unknown.value.body["suggestion"]
 
 
+TOKENS = 128
+
+
 def test_sixteen_concurrent_requests_over_three_adapters_are_served_together(
     version_of, user, api_client, vllm_stack, gunicorn_gateway
 ):
@@ -178,7 +181,9 @@ def test_sixteen_concurrent_requests_over_three_adapters_are_served_together(
     for name in ("bot", "helper", "third"):
         model_promote(owner=user, name=name)
     expected = {"bot": "Tessera", "helper": "Quill", "third": "Tessera"}
-    options = {"max_tokens": 16, "extra_body": {"min_tokens": 16}}  # equal work per request
+    # Equal work per request, long enough that generating (not the gateway's per-request CPU
+    # time, ~0.1 s here) is most of a request: TOKENS tokens each.
+    options = {"max_tokens": TOKENS, "extra_body": {"min_tokens": TOKENS}}
     names = [list(expected)[i % 3] for i in range(16)]
     with openai.OpenAI(base_url=f"{gunicorn_gateway}/v1", api_key=api_client.raw_api_key, max_retries=0) as oai:
         # Warm: every adapter loaded, and 16 kept-alive connections open (a burst of new
@@ -215,8 +220,8 @@ def test_sixteen_concurrent_requests_over_three_adapters_are_served_together(
     with httpx.Client(base_url=base.url, headers=headers, timeout=60) as direct:
         body = {
             "messages": [{"role": "user", "content": QUESTION}],
-            "max_tokens": 16,
-            "min_tokens": 16,
+            "max_tokens": TOKENS,
+            "min_tokens": TOKENS,
             "temperature": 0,
         }
 
@@ -238,19 +243,20 @@ def test_sixteen_concurrent_requests_over_three_adapters_are_served_together(
     d_steps = direct_after["vllm:iteration_tokens_total_count"] - direct_before["vllm:iteration_tokens_total_count"]
     print(f"direct to vLLM: 16 concurrent {direct_wall:.3f}s; {d_tokens / d_steps:.1f} tokens/step")
 
-    # vLLM's own counters: 16 x 16 tokens in fewer engine steps than tokens, i.e. the requests
+    # vLLM's own counters: 16 x TOKENS tokens in fewer engine steps than tokens, i.e. the requests
     # through the gateway shared vLLM's batches (serialised ones would give one token a step).
     tokens = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
     steps = after["vllm:iteration_tokens_total_count"] - before["vllm:iteration_tokens_total_count"]
     print(
         f"16 one by one {one_by_one:.3f}s; 16 concurrent over 3 adapters {wall:.3f}s; {tokens / steps:.1f} tokens/step"
     )
-    assert tokens == d_tokens == 16 * 16
-    assert tokens / steps >= 1.5, (tokens, steps)
-    # Measured here (2 cores, tiny model, 5 ms decode steps): one by one 1.69 s, through the
-    # gateway 0.91 s at 3.3 tokens/step, straight to vLLM 0.37 s at 15.1 tokens/step. The
-    # gateway's own CPU time per request staggers the arrivals (docs/inference.md).
-    assert wall < 0.8 * one_by_one, (wall, one_by_one)
+    assert tokens == d_tokens == 16 * TOKENS
+    assert tokens / steps >= 1.5, (tokens, steps)  # a gateway that serialised requests: about 1
+    # Measured here: 2.99 s and 6.46 s against 11.96 s and 13.66 s one by one (4.1 and 2.0
+    # tokens/step); straight to vLLM 1.0-1.1 s at 15.9 tokens/step. The gateway batches far less
+    # than vLLM alone and varies run to run (docs/inference.md, "Measured"); a serialising
+    # gateway would give about one by one and 1 token/step.
+    assert wall < 0.6 * one_by_one, (wall, one_by_one)
 
 
 def _vllm_counters(port: int) -> dict[str, float]:
