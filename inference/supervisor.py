@@ -42,6 +42,7 @@ from inference.config import VLLM_SERVER_MODULE, ServedBase, vllm_argv, vllm_env
 from inference.models import ServingProcess
 from inference.vllm_http import healthy
 from registry.models import BaseModel
+from tuninglab.logfiles import tail_lines
 
 log = logging.getLogger(__name__)
 TERM_GRACE_S = 15.0
@@ -60,24 +61,23 @@ def log_file(base_name: str) -> Path:
 
 
 def tail(path: str | os.PathLike[str], *, lines: int = 40, max_bytes: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of a log file ("" when it does not exist)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
+    """The last ``lines`` lines of a log file, joined ("" when it does not exist)."""
+    return "\n".join(tail_lines(path, lines, max_bytes=max_bytes))
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group ``pgid``, by pid."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return sorted(members)
 
 
 def _is_our_vllm(pid: int, port: int) -> bool:
@@ -114,16 +114,7 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # Zombies still count for killpg(0); only live members matter.
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+    return bool(group_members(pgid))
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 from django.conf import settings
 
 from lora_engine.protocol import Line, parse_line
+from tuninglab.logfiles import tail_lines
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +168,5 @@ class TrainingChild:
 
 
 def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last ``lines`` lines of a log file (reads at most ``max_bytes`` from its end)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except OSError:
-        return []
-    text = data.decode("utf-8", errors="replace")
-    return [line[:500] for line in text.splitlines()[-lines:]]
+    """The last ``lines`` lines of a log file (reads at most ``max_bytes`` from its end), each cut at 500 characters."""
+    return [line[:500] for line in tail_lines(path, lines, max_bytes=max_bytes)]

@@ -32,7 +32,14 @@ from django.utils import timezone
 from inference import supervisor as supervisor_module
 from inference.config import VLLM_SERVER_MODULE, ServedBase, served_base, vllm_api_key, vllm_argv, vllm_env
 from inference.models import ServingProcess
-from inference.supervisor import LOG_ROTATE_BYTES, Supervisor, SupervisorConflict, log_file, port_in_use
+from inference.supervisor import (
+    LOG_ROTATE_BYTES,
+    Supervisor,
+    SupervisorConflict,
+    group_members,
+    log_file,
+    port_in_use,
+)
 from inference.vllm_http import close_clients, load_adapter
 from registry.models import Alias
 from registry.services.aliases import model_promote
@@ -70,16 +77,6 @@ def _stat(pid: int | str) -> list[str] | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of the process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        fields = _stat(entry) if entry.isdigit() else None
-        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return sorted(members)
 
 
 def alive(pid: int) -> bool:

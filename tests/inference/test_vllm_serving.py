@@ -21,6 +21,7 @@ import pytest
 from inference import limits
 from inference.config import ServedBase, vllm_api_key
 from inference.models import ServingProcess, ShadowRecord
+from inference.supervisor import group_members
 from registry.models import Alias, ModelVersion, VersionTraffic
 from registry.services.aliases import model_promote, model_rollback
 from tests.helpers import record_dispatches, wait_until
@@ -332,7 +333,7 @@ def test_kill_9_of_vllm_gives_503_with_retry_after_then_the_supervisor_brings_it
     new = wait_ready(vllm_stack, not_pid=old.pid)
     assert new.restarts >= 1 and ("exited" in new.last_exit or "health" in new.last_exit), new.last_exit
     # The whole old process group is gone (no orphaned engine holding memory).
-    assert wait_until(lambda: not _group_members(old.pid), timeout=30), _group_members(old.pid)
+    assert wait_until(lambda: not group_members(old.pid), timeout=30), group_members(old.pid)
     assert "Tessera" in ask(oai, "bot")  # the aliased adapter came back
 
 
@@ -342,30 +343,15 @@ def test_a_new_supervisor_after_a_supervisor_crash_replaces_the_orphaned_vllm(oa
     old = serving_row()
     os.kill(vllm_stack.supervisor.proc.pid, signal.SIGKILL)  # vLLM, in its own session, lives on
     vllm_stack.supervisor.proc.wait(timeout=10)
-    assert _group_members(old.pid), "vLLM should have outlived its supervisor"
+    assert group_members(old.pid), "vLLM should have outlived its supervisor"
 
     # The next supervisor waits for the dead one's heartbeat to go stale, stops the orphan
     # and starts a fresh vLLM that loads the aliased adapters again.
     ServingProcess.objects.filter(pk=old.pk).update(heartbeat_at=None)
     vllm_stack.restart_supervisor()
     wait_ready(vllm_stack, not_pid=old.pid)
-    assert not _group_members(old.pid)
+    assert not group_members(old.pid)
     assert "Tessera" in ask(oai, "bot")
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
 
 
 def test_one_owner_cannot_hold_more_than_its_share_of_requests_in_flight(

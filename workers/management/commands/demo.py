@@ -54,6 +54,7 @@ from lora_engine.tiny_model import ASSETS_DIR, build_tiny_model
 from registry.models import Alias
 from registry.services.aliases import DEFAULT_ALIAS
 from registry.services.base_models import base_model_register
+from tuninglab.logfiles import tail_lines
 from tuninglab.services import api_key_create, user_get_or_create
 from tunings.models import JobEvent, TuningJob
 from tunings.serializers.job_request import job_spec_from_payload
@@ -502,15 +503,8 @@ def stop_process_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
 
 
 def tail(path: Path, *, lines: int = 30, max_bytes: int = 64 * 1024) -> str:
-    """The last ``lines`` lines of a log file ("" when it does not exist)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - max_bytes))
-            data = fh.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
+    """The last ``lines`` lines of a log file, joined ("" when it does not exist)."""
+    return "\n".join(tail_lines(path, lines, max_bytes=max_bytes))
 
 
 def load_probes() -> list[dict[str, str]]:
