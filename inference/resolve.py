@@ -31,6 +31,8 @@ from registry.models import Alias, BaseModel, ModelVersion, RegisteredModel
 from registry.services.aliases import DEFAULT_ALIAS
 from tuninglab.errors import InvalidRequestError, NotFoundError
 
+# Every model reference a caller can use: names, aliases, "name@v3", base names, ft: ids.
+MODEL_REFERENCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 VERSION_SELECTOR_RE = re.compile(r"^v([0-9]{1,9})\Z")
 MAX_LISTED_NAMES = 30
 
@@ -138,6 +140,15 @@ def resolve_target(*, owner: Any, model: Any, sticky_keys: dict[str, str | None]
     if not isinstance(model, str) or not model or len(model) > 256:
         raise InvalidRequestError(
             "'model' must be a model name (string).",
+            code="invalid_model",
+            param="model",
+            suggestion="GET /v1/models lists the names you can use.",
+        )
+    if not MODEL_REFERENCE_RE.fullmatch(model):
+        # No name, alias, base or ft: id holds these characters (path separators, whitespace,
+        # NUL, look-alike Unicode, a leading '-'): refuse the shape instead of looking it up.
+        raise InvalidRequestError(
+            f"Invalid model name {model!r}.",
             code="invalid_model",
             param="model",
             suggestion="GET /v1/models lists the names you can use.",

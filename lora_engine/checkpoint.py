@@ -19,11 +19,14 @@ A checkpoint exists only once it is listed in the manifest. Its dir is published
 place, the parent fsynced), and only then the manifest is replaced atomically
 (`fsio.atomic_write_text`). A crash at any point leaves either the old manifest or the
 new one; stray temp dirs or unlisted step dirs are ignored by `latest_checkpoint`.
+
+Each attempt of a job writes its own `output_dir` (the worker starts it from an earlier
+attempt's checkpoint with `manifest.adopt_checkpoint`); pruning here removes only entries of
+this run's own manifest, inside this run's own `checkpoints/`.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import random
 import shutil
@@ -39,26 +42,38 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lora_engine.errors import DISK_FULL, EngineError
-from lora_engine.fsio import atomic_dir, atomic_write_text
+from lora_engine.fsio import DISK_FULL_ERRNOS, atomic_dir, atomic_write_text
 
-MANIFEST = "manifest.json"
-RNG_FILE = "rng.safetensors"
-# Engines before this one pickled the RNG state into rng.pt. Such a checkpoint still
-# resumes (weights, optimizer, scheduler, data position) but its rng.pt is never
-# unpickled: loading a pickle can run arbitrary code.
-LEGACY_RNG_FILE = "rng.pt"
+# The manifest's reading side lives in `manifest` (no torch: the worker uses it too); the
+# recipe and its tests reach it through this module as before.
+from lora_engine.manifest import LEGACY_RNG_FILE as LEGACY_RNG_FILE
+from lora_engine.manifest import MANIFEST, RNG_FILE, is_plain_name, read_manifest, step_dir_name
+from lora_engine.manifest import latest_checkpoint as latest_checkpoint
+
 RNG_FORMAT = "lora_engine.rng/1"
 BEST_FILE = "best.safetensors"
-STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", RNG_FILE, "state.json")
+# torch and safetensors write in native code and raise RuntimeError / SafetensorError that only
+# name the OS error in their message ("... (os error 28)").
+DISK_FULL_MARKERS = tuple(f"(os error {n})" for n in sorted(DISK_FULL_ERRNOS))
 
 
-def step_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
+def _is_disk_full(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # the exception and its causes
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(marker in str(current) for marker in DISK_FULL_MARKERS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
-def disk_errors_as_engine_errors(exc: OSError, what: str) -> EngineError | OSError:
-    """ENOSPC / EDQUOT become `disk_full`; other OS errors pass through unchanged."""
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+def disk_errors_as_engine_errors(exc: BaseException, what: str) -> BaseException:
+    """A full disk (see `DISK_FULL_ERRNOS`, also wrapped by torch/safetensors) becomes `disk_full`;
+    anything else is returned unchanged."""
+    if _is_disk_full(exc):
         return EngineError(DISK_FULL, f"no space left on device while writing {what}: {exc}", param="output_dir")
     return exc
 
@@ -150,13 +165,6 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def read_manifest(ckpt_root: Path) -> dict[str, Any]:
-    path = ckpt_root / MANIFEST
-    if not path.exists():
-        return {"version": 1, "checkpoints": []}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def save_checkpoint(
     ckpt_root: Path,
     *,
@@ -192,8 +200,12 @@ def save_checkpoint(
             if write_adapter is not None:
                 write_adapter(tmp / "adapter")
             save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            # Through a Python file object: a failed write then carries its OSError (ENOSPC)
+            # as the context of torch's RuntimeError instead of an opaque "unexpected pos".
+            with open(tmp / "optimizer.pt", "wb") as fh:
+                torch.save(optimizer.state_dict(), fh)
+            with open(tmp / "scheduler.pt", "wb") as fh:
+                torch.save(scheduler.state_dict(), fh)
             save_rng_state(rng, tmp / RNG_FILE)
             if best is not None:
                 meta = {"step": str(best.step), "eval_loss": json.dumps(best.eval_loss)}
@@ -207,30 +219,17 @@ def save_checkpoint(
         dropped, entries = entries[:-keep], entries[-keep:]
         manifest["checkpoints"] = entries
         atomic_write_text(ckpt_root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    except OSError as exc:
-        raise disk_errors_as_engine_errors(exc, f"checkpoint {final}") from exc
-    # Delete only after the manifest stopped listing them, so it never names a missing dir.
+    except Exception as exc:  # native writers wrap the OSError; anything but a full disk passes through
+        converted = disk_errors_as_engine_errors(exc, f"checkpoint {final}")
+        if converted is exc:
+            raise
+        raise converted from exc
+    # Delete only after the manifest stopped listing them, so it never names a missing dir; and
+    # only plain names of this root (a manifest is data, not a licence to delete elsewhere).
     for e in dropped:
-        shutil.rmtree(ckpt_root / e["dir"], ignore_errors=True)
+        if is_plain_name(e.get("dir")):
+            shutil.rmtree(ckpt_root / e["dir"], ignore_errors=True)
     return final
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """Newest checkpoint listed in the manifest whose files are all present, else None.
-
-    A checkpoint of an older engine (pickled `rng.pt` instead of `rng.safetensors`) counts
-    as complete; `load_checkpoint` then restores everything but the RNG streams.
-    """
-    try:
-        manifest = read_manifest(ckpt_root)
-    except (OSError, json.JSONDecodeError):
-        return None
-    for entry in sorted(manifest.get("checkpoints", []), key=lambda e: e["step"], reverse=True):
-        path = ckpt_root / entry["dir"]
-        rng_ok = (path / RNG_FILE).exists() or (path / LEGACY_RNG_FILE).exists()
-        if rng_ok and all((path / f).exists() for f in STATE_FILES if f != RNG_FILE):
-            return path
-    return None
 
 
 def load_checkpoint(

@@ -8,11 +8,21 @@ survives a power cut once the parent directory is fsynced. Plain Python, no Djan
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+# What a full disk looks like to a writer: ENOSPC, a quota (EDQUOT), or a file-size limit (EFBIG,
+# e.g. RLIMIT_FSIZE). The engine's checkpoints and the API's uploads both report it as disk_full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def is_disk_full_oserror(exc: BaseException) -> bool:
+    """True for an ``OSError`` whose errno is one of ``DISK_FULL_ERRNOS``."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 def fsync_file(path: Path) -> None:

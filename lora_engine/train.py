@@ -308,7 +308,7 @@ class FineTuneRecipe:
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         if rng is None:
             self.out.message(
-                f"{path} is from an older engine that pickled its RNG state ({ckpt.LEGACY_RNG_FILE}); "
+                f"checkpoint {path.name} is from an older engine that pickled its RNG state ({ckpt.LEGACY_RNG_FILE}); "
                 "pickles are not loaded, so the random streams (dropout) restart from the seed and the "
                 "resumed run will not match an uninterrupted one exactly",
                 level="warning",
@@ -316,7 +316,10 @@ class FineTuneRecipe:
         else:
             # Last, so nothing else consumes random numbers after the restore.
             ckpt.set_rng_state(rng)
-        self.out.message(f"resumed from {path} at step {self.step} (epoch {state['epoch']}, index {state['index']})")
+        # The checkpoint's name, not its path: messages become events the job's owner reads.
+        self.out.message(
+            f"resumed from checkpoint {path.name} at step {self.step} (epoch {state['epoch']}, index {state['index']})"
+        )
 
     # ------------------------------------------------------------------ train
 
@@ -565,8 +568,11 @@ class FineTuneRecipe:
             with atomic_dir(final) as tmp:
                 self.model.save_pretrained(tmp, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
-        except OSError as exc:
-            raise ckpt.disk_errors_as_engine_errors(exc, str(final)) from exc
+        except Exception as exc:  # safetensors/torch wrap the OSError of a full disk in their own types
+            converted = ckpt.disk_errors_as_engine_errors(exc, str(final))
+            if converted is exc:
+                raise
+            raise converted from exc
         return final
 
     def cleanup(self) -> None:

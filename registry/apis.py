@@ -268,6 +268,14 @@ class ComparisonReportApi(APIView):
 
     renderer_classes = [JSONRenderer, MarkdownRenderer]
 
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        # An error is the JSON error body labelled application/json, whatever the client asked
+        # for (``Accept: text/markdown``, ``?format=md``): clients parse errors by media type.
+        if isinstance(response, Response) and response.status_code >= 400:
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
+
     @extend_schema(responses={(200, "text/markdown"): OpenApiResponse(OpenApiTypes.STR)})
     def get(self, request: Request, comparison_id: str) -> HttpResponse:
         comparison = comparison_get(owner=request.user, comparison_id=comparison_id)

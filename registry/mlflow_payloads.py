@@ -13,11 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from django.conf import settings
 from mlflow.entities import Metric
 
 from registry.lineage import finite, metrics_lines
 from registry.models import Alias, Evaluation, ModelVersion
+from tuninglab import datapaths
 
 # Engine config fields that are paths on a worker or per-attempt switches, not settings of the run.
 CONFIG_NOT_PARAMS = frozenset(
@@ -103,7 +103,10 @@ def metrics_file(version: ModelVersion) -> Path | None:
     job_id = job_id_of(version)
     candidates = [Path(configured)] if configured else []
     if job_id:
-        candidates.append(job_dir_of(job_id) / "run" / "metrics.jsonl")
+        # The newest attempt's first (each attempt trains in run/attempt-<n>/), then the layout before attempts.
+        run = job_dir_of(job_id) / "run"
+        candidates += sorted(run.glob("attempt-*/metrics.jsonl"), key=_attempt_number, reverse=True)
+        candidates.append(run / "metrics.jsonl")
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -114,14 +117,21 @@ def training_logs(version: ModelVersion) -> list[Path]:
         return []
     job_dir = job_dir_of(job_id)
     logs = sorted(job_dir.glob("attempt-*.log"))
-    if (job_dir / "run" / "train.log").is_file():
-        logs.append(job_dir / "run" / "train.log")
+    run = job_dir / "run"
+    logs += sorted(run.glob("attempt-*/train.log"), key=_attempt_number)
+    if (run / "train.log").is_file():
+        logs.append(run / "train.log")
     return logs
 
 
+def _attempt_number(path: Path) -> int:
+    """``.../run/attempt-3/train.log`` → 3 (numeric order: attempt-10 after attempt-9)."""
+    suffix = path.parent.name.removeprefix("attempt-")
+    return int(suffix) if suffix.isdigit() else -1
+
+
 def job_dir_of(job_id: str) -> Path:
-    # The layout workers.job_config.job_paths writes (the registry cannot import workers).
-    return Path(settings.DATA_DIR) / "jobs" / job_id
+    return datapaths.job_dir(job_id)
 
 
 def job_id_of(version: ModelVersion) -> str | None:

@@ -30,7 +30,9 @@ Beat sends to ``maintenance``: ``workers.tasks.sweep_expired_leases`` every
 expired leases go back to ``queued`` (or ``failed`` past the attempt cap) and queued jobs
 without a pending wake-up get one; and ``workers.tasks.sync_registry`` every
 ``TUNINGLAB_REGISTRY_SYNC_SECONDS`` (default 300 s): registry rows MLflow missed (it was down)
-are mirrored.
+are mirrored; and ``workers.tasks.cleanup`` every ``TUNINGLAB_CLEANUP_SECONDS`` (default 3600 s):
+finished jobs' directories past ``TUNINGLAB_RETAIN_JOB_DIRS_DAYS`` and other leftovers are
+deleted (``manage.py cleanup``; the embedded worker runs it when idle at the same period).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from tuninglab.env import env_float, env_int
-from tuninglab.task_names import SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
+from tuninglab.task_names import CLEANUP, SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tuninglab.settings")
 
@@ -59,6 +61,9 @@ SWEEP_EXPIRES_SECONDS = max(300.0, 10 * SWEEP_SECONDS)
 # A registry sync that finds nothing pending does not contact MLflow: cheap to run often, and it
 # is what catches MLflow up after an outage without anyone running `registry_sync` by hand.
 REGISTRY_SYNC_SECONDS = env_float("TUNINGLAB_REGISTRY_SYNC_SECONDS", 300.0)
+# Cleanup (finished jobs' directories, leftovers, expired keys): its cutoffs are days and hours,
+# so hourly is often enough; a missed run only leaves files a little longer.
+CLEANUP_SECONDS = env_float("TUNINGLAB_CLEANUP_SECONDS", 3600.0)
 
 app = Celery("tuninglab")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -68,7 +73,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = tuple(
     Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (*QUEUE_NAMES, MAINTENANCE_QUEUE)
 )
-app.conf.task_routes = {SWEEP_EXPIRED_LEASES: {"queue": MAINTENANCE_QUEUE}, SYNC_REGISTRY: {"queue": MAINTENANCE_QUEUE}}
+app.conf.task_routes = {name: {"queue": MAINTENANCE_QUEUE} for name in (SWEEP_EXPIRED_LEASES, SYNC_REGISTRY, CLEANUP)}
 app.conf.beat_schedule = {
     "sweep-expired-leases": {
         "task": SWEEP_EXPIRED_LEASES,
@@ -79,6 +84,11 @@ app.conf.beat_schedule = {
         "task": SYNC_REGISTRY,
         "schedule": REGISTRY_SYNC_SECONDS,
         "options": {"expires": REGISTRY_SYNC_SECONDS},
+    },
+    "cleanup": {
+        "task": CLEANUP,
+        "schedule": CLEANUP_SECONDS,
+        "options": {"expires": CLEANUP_SECONDS},
     },
 }
 

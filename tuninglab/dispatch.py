@@ -73,7 +73,9 @@ def send_task(name: str, *, args: Sequence[Any], queue: str) -> None:
             raise RuntimeError("no in-process worker is registered (is 'workers' in INSTALLED_APPS?)")
         _local.submit(name, list(args), queue)
         return
-    app.send_task(name, args=list(args), queue=queue)
+    # Nothing reads task results; without ignore_result the first send of a web process while
+    # Redis is down also waits on the result backend (20 retries of 1 s) before it fails.
+    app.send_task(name, args=list(args), queue=queue, ignore_result=True)
 
 
 def dispatch_tuning_job(job_id: str, queue: str = "cpu") -> None:

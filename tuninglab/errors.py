@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -87,11 +88,31 @@ class TooManyRequestsError(ApiError):
     default_code = "rate_limit_exceeded"
 
 
+class InternalServerError(ApiError):
+    """An uncaught exception, as API clients see it: no details (they go to the log)."""
+
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+
+
+class InsufficientStorageError(ApiError):
+    """The server's disk (or a quota on it) is full: nothing was stored; an operator must free space."""
+
+    status = 507
+    type = "server_error"
+    default_code = "disk_full"
+
+
 class ServiceUnavailableError(ApiError):
     status = 503
     type = "server_error"
     default_code = "service_unavailable"
 
+
+# Seconds a client is told to wait when the database is unreachable: a dropped connection is
+# replaced on the next request, a restarting server takes a few seconds.
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 _DRF_TYPES = {
     401: "authentication_error",
@@ -130,6 +151,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     """DRF exception handler: render every error in the one shape."""
     if isinstance(exc, ApiError):
         return _error_response(exc.as_dict(), exc.status, exc.headers)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The server restarted, an operator killed our connection, or it is down: transient, not a
+        # bug, so a 503 the client retries instead of a 500. Django closes the broken connection at
+        # the end of this request (``close_if_unusable_or_obsolete``) and the next one reconnects.
+        # Other database errors (IntegrityError, DataError) are bugs and stay 500s.
+        return _error_response(
+            ServiceUnavailableError(
+                "The database is unavailable; retry shortly (a create: with the same Idempotency-Key).",
+                code="database_unavailable",
+            ).as_dict(),
+            503,
+            {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

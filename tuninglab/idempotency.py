@@ -211,6 +211,19 @@ def run_idempotent(request: Any, handler: Callable[[], Response]) -> Response:
             time.sleep(POLL_INTERVAL)
 
 
+def idempotency_records_purge(*, now: Any = None, dry_run: bool = False) -> int:
+    """Delete records past ``RECORD_TTL`` (they bind their key no more); returns how many there were.
+
+    ``_claim`` drops an expired record only when its key comes back, so without this sweep every
+    key ever sent stays in the table. ``manage.py cleanup`` calls it.
+    """
+    expired = IdempotencyRecord.objects.filter(created_at__lt=(now or timezone.now()) - RECORD_TTL)
+    if dry_run:
+        return expired.count()
+    deleted, _ = expired.delete()
+    return deleted
+
+
 def idempotent(view_method: Callable[..., Response]) -> Callable[..., Response]:
     """Decorator for an APIView's ``post``: honour ``Idempotency-Key`` (see the module docstring)."""
 

@@ -8,6 +8,7 @@ psycopg 3) and ``REDIS_URL`` (Celery broker + result backend) for a real deploym
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -37,6 +38,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / ReDoc as our own static files (no CDN)
     "django_prometheus",
     "tuninglab",
     "tunings",
@@ -48,6 +50,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves /static/ from the web process (gunicorn alone, DEBUG off): admin CSS, Swagger UI.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # A NUL in the path, query or form body is a 400 here, not a PostgreSQL error (a 500) later.
+    "tuninglab.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -79,6 +85,22 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Bounded database calls: an unreachable server fails a connect in seconds, a statement
+        # stuck on a lock or an overloaded server is cancelled by the server, and keepalives
+        # notice a dead network (where no server is left to cancel anything). Workers rely on
+        # it: a worker thread in a hung call holds its job slot. The statement timeout must stay
+        # well below TUNINGLAB_LEASE_SECONDS. `migrate` lifts it on its own connection (a big
+        # table's index build may take minutes); 0 disables it.
+        DATABASES["default"]["OPTIONS"] = {
+            **DATABASES["default"].get("OPTIONS", {}),
+            "connect_timeout": env_int("TUNINGLAB_DB_CONNECT_TIMEOUT", 5),
+            "options": f"-c statement_timeout={env_int('TUNINGLAB_DB_STATEMENT_TIMEOUT_MS', 30000)}",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
 else:
     DATABASES = {
         "default": {
@@ -105,6 +127,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
+# WhiteNoise also finds files in the apps' static dirs, so /api/docs/ and the admin have their
+# CSS/JS without a `collectstatic` step (a collected STATIC_ROOT behind a proxy still works).
+WHITENOISE_USE_FINDERS = True
+# ... and so an uncollected STATIC_ROOT is normal, not worth WhiteNoise's start-up warning.
+warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -131,6 +158,14 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Fine-tune LLMs on your own GPUs: files, tuning jobs, models, inference.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # drf_spectacular_sidecar's copies: a browser without internet access still renders the docs.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tuninglab.schema.postprocess_error_responses",
+    ],
 }
 
 # --- product limits -------------------------------------------------------------------
@@ -145,9 +180,27 @@ TUNINGLAB = {
     # set higher values in the admin. 0: users can lower their jobs but not jump the queue.
     "USER_MAX_PRIORITY": env_int("TUNINGLAB_USER_MAX_PRIORITY", 0),
     "MAX_ATTEMPTS": env_int("TUNINGLAB_MAX_ATTEMPTS", 3),
+    # A job's wall-clock budget from its first start (re-queues do not reset it); past it the
+    # worker stops the training process and fails the job with `timeout`.
+    "JOB_TIMEOUT_SECONDS": env_int("TUNINGLAB_JOB_TIMEOUT_SECONDS", 24 * 3600),
     "LEASE_SECONDS": env_int("TUNINGLAB_LEASE_SECONDS", 60),
     "HEARTBEAT_SECONDS": env_float("TUNINGLAB_HEARTBEAT_SECONDS", 10.0),
     "PYTHON_EXECUTABLE": env_str("TUNINGLAB_PYTHON", ""),
+    # --- quotas (docs/operations.md): what one request or one owner may cost the server ----
+    # Engine test hooks (step_delay_s) through the API: a sleeping job holds a worker for nothing.
+    "ALLOW_TEST_HOOKS": env_bool("TUNINGLAB_ALLOW_TEST_HOOKS", False),
+    # Optimizer steps one job may run (max_steps, or epochs x steps per epoch): a bound on its time.
+    "MAX_STEPS": env_int("TUNINGLAB_MAX_STEPS", 100_000),
+    # Checkpoints one run may write (total steps / checkpoint_every): each is a full state write.
+    "MAX_CHECKPOINTS_PER_RUN": env_int("TUNINGLAB_MAX_CHECKPOINTS_PER_RUN", 100),
+    # Tokens one job may train on (dataset tokens x epochs), estimated at create time.
+    "MAX_TRAINED_TOKENS": env_int("TUNINGLAB_MAX_TRAINED_TOKENS", 1_000_000_000),
+    # Bytes of live uploaded files one owner may keep; an upload past it is a 413.
+    "MAX_STORED_BYTES_PER_USER": env_int("TUNINGLAB_MAX_STORED_MB_PER_USER", 10 * 1024) * 1024 * 1024,
+    # A running job's progress columns are written at most this often (the last write is never dropped).
+    "PROGRESS_WRITE_SECONDS": env_float("TUNINGLAB_PROGRESS_WRITE_SECONDS", 2.0),
+    # Finished jobs' run directories (checkpoints, logs) are deleted this long after they finished.
+    "RETAIN_JOB_DIRS_DAYS": env_int("TUNINGLAB_RETAIN_JOB_DIRS_DAYS", 7),
     # --- registry -----------------------------------------------------------------------
     # MLflow mirrors the registry (runs, registered model versions, aliases). Empty URI: the
     # embedded store under DATA_DIR/mlflow (SQLite + local artifacts, no server to run).

@@ -13,13 +13,17 @@ usual trade for a counter that is exact under concurrency.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import RedisError
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
+
+log = logging.getLogger(__name__)
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -72,12 +76,19 @@ class ApiKeyRateThrottle(BaseThrottle):
         key = f"throttle:{self.scope}:{self.get_ident_key(request)}:{duration}:{window}"
         # add() is a no-op when the counter exists; incr() is atomic. Together they never
         # lose a count, unlike get-then-set.
-        cache.add(key, 0, timeout=duration + 1)
         try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add() and incr()
-            cache.set(key, 1, timeout=duration + 1)
-            count = 1
+            cache.add(key, 0, timeout=duration + 1)
+            try:
+                count = cache.incr(key)
+            except ValueError:  # expired between add() and incr()
+                cache.set(key, 1, timeout=duration + 1)
+                count = 1
+        except RedisError:
+            # The counters live in Redis. While it is down, let requests through unthrottled: the
+            # job rows are in PostgreSQL and the sweeper re-sends lost wake-ups, so the API keeps
+            # working; failing every request with a 500 would turn a Redis restart into an outage.
+            log.warning("throttle counters unavailable (cache down); %s not rate-limited", key)
+            return True
         if count <= limit:
             return True
         self.wait_seconds = max((window + 1) * duration - now, 1.0)

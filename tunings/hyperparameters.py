@@ -3,6 +3,7 @@
 * ``HYPERPARAMETERS``: the accepted hyperparameters with their type, bounds or choices,
   whether ``"auto"`` is allowed, and the ``TrainConfig`` field each one sets.
 * ``validate_hyperparameters`` / ``validate_lora``: a request's values, checked (400s).
+* ``check_run_limits``: the operator's quotas on a resolved run (steps, checkpoints, tokens).
 * ``resolve_hyperparameters``: ``"auto"`` → numbers from the dataset size, at create time.
 * ``train_config_values``: a job row's stored values → ``TrainConfig`` field values (no paths;
   ``workers.job_config`` adds those).
@@ -18,6 +19,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from django.conf import settings
 
 from lora_engine.config import PRECISIONS, SCHEDULERS, SELECTS, TrainConfig
 from tuninglab.errors import InvalidRequestError
@@ -57,6 +60,12 @@ MAX_LEARNING_RATE_MULTIPLIER = 50.0
 # Periodic checkpoints make a lost worker cost at most this many steps (resume). The engine's
 # own default (0, no periodic checkpoints) suits a script, not a worker that can be killed.
 DEFAULT_CHECKPOINT_EVERY = 50
+# About this many metrics lines per run: every step up to 1,000 steps, every Nth beyond, so a
+# long run's loss curve keeps its shape without a metrics event (and its write) per step.
+METRICS_POINTS_PER_RUN = 1000
+# Hyperparameters only an operator may let through the API (TUNINGLAB_ALLOW_TEST_HOOKS).
+TEST_HOOKS = ("step_delay_s",)
+LIMIT_EXCEEDED = "limit_exceeded"
 # QLoRA quantizes the frozen base to 4-bit NF4 (the QLoRA paper's setting).
 QLORA_QUANT_BITS = 4
 
@@ -127,7 +136,8 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "max_steps": Hyperparameter(int, 1, 10_000_000),
     "checkpoint_every": Hyperparameter(int, 1, 10_000_000),
     "eval_every": Hyperparameter(int, 1, 10_000_000),
-    # Test hook passed through to the engine: seconds to sleep after each optimizer step.
+    # Test hook passed through to the engine: seconds to sleep after each optimizer step. Refused
+    # unless the operator allows test hooks (a sleeping job holds a worker and its lease for nothing).
     "step_delay_s": Hyperparameter(float, 0, 60),
     "lr_scheduler": Hyperparameter(str, choices=SCHEDULERS),
     "precision": Hyperparameter(str, choices=PRECISIONS),
@@ -162,7 +172,9 @@ def validate_hyperparameters(raw: Any, *, param: str = "hyperparameters") -> dic
     knobs appear only when given, so the engine's defaults apply otherwise.
 
     Raises:
-        InvalidRequestError: 400 ``invalid_hyperparameter`` / ``unknown_parameter`` naming the field.
+        InvalidRequestError: 400 ``invalid_hyperparameter`` / ``unknown_parameter`` naming the field;
+            ``test_hooks_disabled`` for a test hook the operator did not allow; ``limit_exceeded``
+            for ``max_steps`` above ``MAX_STEPS``.
     """
     if raw is None:
         raw = {}
@@ -189,7 +201,93 @@ def validate_hyperparameters(raw: Any, *, param: str = "hyperparameters") -> dic
             f"{param}.max_steps",
             suggestion="Drop n_epochs (or set it to 'auto') when you cap the run with max_steps.",
         )
+    limits = settings.TUNINGLAB
+    for name in TEST_HOOKS:
+        if name in out and not limits["ALLOW_TEST_HOOKS"]:
+            raise _invalid(
+                f"{name} is a test hook and is disabled on this server.",
+                f"{param}.{name}",
+                code="test_hooks_disabled",
+                suggestion=f"Drop {name}; an operator may allow test hooks with TUNINGLAB_ALLOW_TEST_HOOKS=true.",
+            )
+    max_steps = int(limits["MAX_STEPS"])
+    if out.get("max_steps", 0) > max_steps:
+        raise _over_limit(
+            f"max_steps {out['max_steps']} is above this server's limit of {max_steps} steps per job.",
+            f"{param}.max_steps",
+            f"Set max_steps to at most {max_steps} (TUNINGLAB_MAX_STEPS, set by the operator).",
+        )
     return out
+
+
+def _over_limit(message: str, param: str, suggestion: str) -> InvalidRequestError:
+    return _invalid(message, param, code=LIMIT_EXCEEDED, suggestion=suggestion)
+
+
+def estimated_total_steps(hp: dict[str, Any], example_count: int) -> int | None:
+    """Optimizer steps of a run with these resolved values; None when the values do not say.
+
+    As the engine counts them (``max_steps``, else epochs x ceil(ceil(N / batch) / accum)). An
+    upper bound: packing and a validation split only make fewer.
+    """
+    if is_int(hp.get("max_steps")):
+        return int(hp["max_steps"])
+    epochs, batch = hp.get("n_epochs"), hp.get("batch_size")
+    if not (is_int(epochs) and is_int(batch)) or example_count <= 0 or batch <= 0:
+        return None
+    accum = hp.get("grad_accum_steps") or 1
+    return int(epochs) * math.ceil(math.ceil(example_count / batch) / accum)
+
+
+def check_run_limits(
+    *, resolved: dict[str, Any], example_count: int, token_estimate: int, param: str = "hyperparameters"
+) -> None:
+    """Refuse a resolved run past the operator's quotas: steps, checkpoints, trained tokens.
+
+    At create time, once ``"auto"`` is resolved and the dataset's size is known: an epoch-bounded
+    run's length depends on both. The error names the hyperparameter to change.
+
+    Raises:
+        InvalidRequestError: 400 ``limit_exceeded`` naming the field and the limit.
+    """
+    limits = settings.TUNINGLAB
+    steps = estimated_total_steps(resolved, example_count)
+    if steps is None:
+        return
+    by_steps = "max_steps" in resolved and resolved["max_steps"] is not None
+    length_param = f"{param}.max_steps" if by_steps else f"{param}.n_epochs"
+    max_steps = int(limits["MAX_STEPS"])
+    if steps > max_steps:
+        raise _over_limit(
+            f"This run would make {steps} optimizer steps; this server allows at most {max_steps} per job.",
+            length_param,
+            f"Lower n_epochs, raise batch_size, or set max_steps of at most {max_steps} "
+            "(TUNINGLAB_MAX_STEPS, set by the operator).",
+        )
+    every = resolved.get("checkpoint_every")
+    max_checkpoints = int(limits["MAX_CHECKPOINTS_PER_RUN"])
+    if is_int(every) and steps // every > max_checkpoints:
+        least = math.ceil(steps / max_checkpoints)
+        raise _over_limit(
+            f"checkpoint_every {every} would write {steps // every} checkpoints over {steps} steps; "
+            f"this server allows at most {max_checkpoints} per run.",
+            f"{param}.checkpoint_every",
+            f"Set checkpoint_every to at least {least} (TUNINGLAB_MAX_CHECKPOINTS_PER_RUN is {max_checkpoints}).",
+        )
+    max_tokens = int(limits["MAX_TRAINED_TOKENS"])
+    if example_count > 0 and token_estimate > 0:
+        batch = resolved.get("batch_size") or 1
+        examples_seen = steps * batch * (resolved.get("grad_accum_steps") or 1)
+        if not by_steps:
+            examples_seen = min(examples_seen, example_count * int(resolved.get("n_epochs") or 1))
+        tokens = token_estimate * examples_seen // example_count
+        if tokens > max_tokens:
+            raise _over_limit(
+                f"This run would train on about {tokens:,} tokens; this server allows at most {max_tokens:,} per job.",
+                length_param,
+                "Train fewer epochs or steps, or on a smaller dataset "
+                f"(TUNINGLAB_MAX_TRAINED_TOKENS is {max_tokens:,}, set by the operator).",
+            )
 
 
 def validate_lora(raw: Any, tuning_method: str) -> dict[str, Any]:
@@ -315,13 +413,19 @@ def train_config_values(job: TuningJob) -> dict[str, Any]:
     the multiplier (the row says what the job was created with).
     """
     stored = job.resolved_hyperparameters or {}
+    example_count = job.training_file.example_count if job.training_file_id else 0
+    steps = estimated_total_steps(stored, example_count) or 0
     values: dict[str, Any] = {
         "method": job.method,
         "rank": job.lora_rank,
         "alpha": float(job.lora_alpha),
         "dropout": float(job.lora_dropout),
         "seed": int(job.seed),
-        "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
+        # A long run checkpoints less often by default, so it stays within the checkpoint quota.
+        "checkpoint_every": max(
+            DEFAULT_CHECKPOINT_EVERY, math.ceil(steps / max(1, int(settings.TUNINGLAB["MAX_CHECKPOINTS_PER_RUN"])))
+        ),
+        "log_every": max(1, math.ceil(steps / METRICS_POINTS_PER_RUN)),
     }
     if job.target_modules:
         values["target_modules"] = list(job.target_modules)

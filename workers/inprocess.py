@@ -6,7 +6,8 @@ this thread drains one job at a time (``WorkersConfig.ready`` registers ``submit
 as the embedded transport). The serving process starts it at startup (``tuninglab/wsgi.py`` →
 ``tuninglab.dispatch.start_local_worker`` → ``ensure_started``); it sweeps at once and then
 when idle (and at least every ``SWEEP_SECONDS``), so a job left ``running`` by a previous
-process is re-queued and resumed here without waiting for a new submit. Everything else —
+process is re-queued and resumed here without waiting for a new submit. When idle it also runs
+the cleanup (``manage.py cleanup``) every ``CLEANUP_SECONDS``, as beat does with Celery. Everything else —
 claim, lease, fencing, child process, relay — is exactly the Celery path.
 """
 
@@ -22,8 +23,16 @@ from typing import Any
 from django.db import connections
 
 from registry.evaluation.runner import comparison_run, evaluation_run
-from tuninglab.celery import SWEEP_SECONDS
-from tuninglab.task_names import RUN_COMPARISON, RUN_EVALUATION, RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
+from tuninglab.celery import CLEANUP_SECONDS, SWEEP_SECONDS
+from tuninglab.task_names import (
+    CLEANUP,
+    RUN_COMPARISON,
+    RUN_EVALUATION,
+    RUN_TUNING_JOB,
+    SWEEP_EXPIRED_LEASES,
+    SYNC_REGISTRY,
+)
+from tunings.services.cleanup import cleanup_run
 from workers.runner import run_job, worker_identity
 from workers.sweeper import sweep
 
@@ -36,6 +45,7 @@ _HANDLERS = {
     RUN_EVALUATION: lambda evaluation_id: evaluation_run(evaluation_id=evaluation_id),
     RUN_COMPARISON: lambda comparison_id: comparison_run(comparison_id=comparison_id),
     SYNC_REGISTRY: lambda: _sync_registry(),
+    CLEANUP: lambda: cleanup_run(),
 }
 _lock = threading.Lock()
 _queue: queue.Queue = queue.Queue()
@@ -49,6 +59,15 @@ def _sync_registry() -> None:
     from registry.services.mlflow_sync import registry_sync
 
     registry_sync()
+
+
+def _cleanup() -> None:
+    try:
+        cleanup_run()
+    except Exception:
+        log.exception("in-process cleanup failed")
+    finally:
+        connections.close_all()
 
 
 def submit(task_name: str, args: list[Any], queue_name: str = "cpu") -> None:
@@ -122,6 +141,7 @@ def _loop() -> None:
     worker_id = worker_identity("inprocess")
     # Sweep first thing: at startup a previous process may have left jobs running or queued.
     last_sweep = float("-inf")
+    last_cleanup = float("-inf")
     while True:
         if time.monotonic() - last_sweep >= SWEEP_SECONDS:
             last_sweep = time.monotonic()
@@ -134,6 +154,10 @@ def _loop() -> None:
         try:
             item = _queue.get(timeout=SWEEP_SECONDS)
         except queue.Empty:
+            # Idle: the cleanup's disk walk never delays a job.
+            if time.monotonic() - last_cleanup >= CLEANUP_SECONDS:
+                last_cleanup = time.monotonic()
+                _cleanup()
             continue
         try:
             if item is _STOP:

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from lora_engine.config import TrainConfig
+from tuninglab import datapaths
 from tunings.hyperparameters import train_config_values, unknown_hyperparameters
 from tunings.models import TuningJob
 
@@ -33,18 +34,21 @@ class JobPaths:
     def log_file(self, attempt: int) -> Path:
         return self.job_dir / f"attempt-{attempt}.log"
 
-    @property
-    def checkpoints_manifest(self) -> Path:
-        return self.run_dir / "checkpoints" / "manifest.json"
+    def attempt_dir(self, attempt: int) -> Path:
+        """Where attempt ``attempt`` trains: a dir of its own, written by its child only (a
+        fenced-out child that keeps running can spoil nothing the next attempt reads)."""
+        return self.run_dir / f"attempt-{attempt}"
 
-    @property
-    def adapter_dir(self) -> Path:
-        return self.run_dir / "adapter"
+    def earlier_checkpoint_roots(self, attempt: int) -> list[Path]:
+        """Checkpoint roots attempt ``attempt`` may start from, oldest first: every earlier
+        attempt's, and the dir all attempts shared before attempts had their own (a job running
+        across the upgrade)."""
+        return [self.run_dir / "checkpoints", *(self.attempt_dir(n) / "checkpoints" for n in range(1, attempt))]
 
 
 def job_paths(job_id: str) -> JobPaths:
     """Paths for ``job_id`` under the current ``DATA_DIR``."""
-    job_dir = Path(settings.DATA_DIR) / "jobs" / job_id
+    job_dir = datapaths.job_dir(job_id)
     return JobPaths(job_dir=job_dir, run_dir=job_dir / "run", stop_file=job_dir / "STOP")
 
 
@@ -89,11 +93,11 @@ def build_train_config(job: TuningJob, *, attempt: int | None = None) -> BuiltCo
         base_model_name=job.base_model.name,
         train_file=str(data_path(job.training_file.storage_path)),
         validation_file=str(data_path(job.validation_file.storage_path)) if job.validation_file_id else None,
-        output_dir=str(paths.run_dir),
+        output_dir=str(paths.attempt_dir(attempt)),
         stop_file=str(paths.stop_file),
-        metrics_file=str(paths.run_dir / "metrics.jsonl"),
-        # Resume whenever a previous attempt may have left a checkpoint; the engine picks the
-        # newest *complete* one from the manifest (or starts fresh when there is none).
-        resume=attempt > 1 or paths.checkpoints_manifest.exists(),
+        metrics_file=str(paths.attempt_dir(attempt) / "metrics.jsonl"),
+        # The runner sets it once it has adopted an earlier attempt's checkpoint into this
+        # attempt's dir (workers.runner, lora_engine.manifest.adopt_checkpoint).
+        resume=False,
     )
     return BuiltConfig(config=TrainConfig.from_dict(values), ignored=unknown_hyperparameters(job))

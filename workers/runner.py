@@ -4,18 +4,23 @@
 
 1. claim the best eligible queued job of the queue (``workers.scheduling``; the message's
    job id is only a hint for which queue to look at);
-2. write ``attempt-<n>.json`` (``workers.job_config``) and spawn the child
+2. start the ``LeaseKeeper`` (heartbeat + watchdog), then prepare the attempt's own run dir
+   ``run/attempt-<n>/``: it starts from the newest complete checkpoint of earlier attempts,
+   hard-linked in (``lora_engine.manifest.adopt_checkpoint``), never from their dirs themselves;
+3. write ``attempt-<n>.json`` (``workers.job_config``) and spawn the child
    (``workers.child``), stderr to ``attempt-<n>.log``;
-3. a ``LeaseKeeper`` thread renews the lease; the runner's loop relays every stdout line
-   into the database and polls the cancel flag at least every ``POLL_SECONDS``;
-4. when the child exits: ``done`` → ``ModelVersion`` + succeeded, ``error`` → failed with
-   code/param/suggestion + the log tail, cancel requested → cancelled, otherwise failed with
-   ``internal_error`` and the log tail.
+4. the runner's loop relays every stdout line into the database and polls the cancel flag
+   and the job's wall-clock budget (``JOB_TIMEOUT_SECONDS``) at least every ``POLL_SECONDS``;
+5. when the child exits: ``done`` → ``ModelVersion`` + succeeded, ``error`` → failed with
+   code/param/suggestion + the log tail, cancel requested → cancelled, out of time → failed
+   with ``timeout``, otherwise failed with ``internal_error`` and the log tail.
 
 This module is the attempt's lifecycle; ``workers.relay`` turns lines into service calls and
 ``workers.fencing`` makes every write prove the attempt still owns the job. A lost lease
-kills the child at once (SIGKILL, not SIGTERM: a fenced-out child must not write a "stop"
-checkpoint into the run dir the next attempt resumes from).
+kills the child at once (SIGKILL, not SIGTERM: a fenced-out child has nothing left to save).
+Files need no fence: a child writes only its own attempt's dir, which no later attempt writes
+or resumes from in place, so one that outlives its lease (until the watchdog kills it) can
+spoil nothing but its own leftovers.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
 from lora_engine import protocol
 from lora_engine.errors import EngineError
 from lora_engine.fsio import atomic_write_text
+from lora_engine.manifest import Adopted, adopt_checkpoint
 from registry.models import ModelVersion
 from registry.naming import fine_tuned_model_name
 from registry.services.aliases import model_promote
@@ -82,6 +89,10 @@ DONE_METRICS = (
     "best_step",
 )
 
+# The job ran longer than ``TUNINGLAB["JOB_TIMEOUT_SECONDS"]`` (a stable error code of the API).
+TIMEOUT = "timeout"
+# How long a timed-out child gets to stop on SIGTERM (it checkpoints at a step boundary) before SIGKILL.
+TIMEOUT_GRACE_SECONDS = 30.0
 # Suggestions for failures the worker itself detects (the engine sends its own).
 SUGGESTIONS = {
     "internal_error": "Look at the log lines in the job's events; retry the job, and report it if it repeats.",
@@ -90,7 +101,29 @@ SUGGESTIONS = {
     "disk_full": "Free space in the data directory (old checkpoints, adapters) and retry.",
     "invalid_config": "Fix the hyperparameter named in `param` and create the job again.",
     "out_of_memory": "Lower batch_size or rank, shorten max_seq_len, or enable gradient checkpointing / QLoRA.",
+    TIMEOUT: "Train fewer steps or a smaller model, or ask an operator to raise TUNINGLAB_JOB_TIMEOUT_SECONDS; "
+    "create the job again.",
 }
+
+
+def seed_metrics_file(source_run_dir: Path, target: Path, *, up_to_step: int) -> None:
+    """Start ``target`` with the metrics lines of ``source_run_dir`` up to the adopted step.
+
+    A copy, not a link: the engine appends to it. Only whole, parseable lines of steps the new
+    attempt will not repeat, so a source child still appending leaves no torn line behind.
+    """
+    source = source_run_dir / "metrics.jsonl"
+    if not source.is_file():
+        return
+    kept = []
+    for raw in source.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        if not raw.endswith("\n"):
+            break
+        parsed = protocol.parse_line(raw)
+        step = (parsed.obj or {}).get("step")
+        if parsed.obj is not None and (not isinstance(step, int) or step <= up_to_step):
+            kept.append(raw)
+    atomic_write_text(target, "".join(kept))
 
 
 def worker_identity(prefix: str = "worker") -> str:
@@ -137,6 +170,8 @@ class JobRunner:
         self.attempt = job.attempt
         self.worker_id = worker_id
         self.paths: JobPaths = job_paths(job.id)
+        self.run_dir = self.paths.attempt_dir(job.attempt)
+        self.adopted: Adopted | None = None
         self.child: child_mod.TrainingChild | None = None
         self.keeper: LeaseKeeper | None = None
         self.writer = FencedWriter(job_id=job.id, token=job.fencing_token, on_lost=self._on_fenced_out)
@@ -146,6 +181,13 @@ class JobRunner:
         self.cancel_seen = False
         self.cancel_at = 0.0
         self.term_sent = False
+        # The job's wall-clock budget counts from its first attempt's start: a re-queue (worker
+        # lost) does not buy a job more time. Kept on this host's monotonic clock from here on.
+        started_at = job.started_at or timezone.now()
+        spent = max(0.0, (timezone.now() - started_at).total_seconds())
+        self.timeout_s = float(settings.TUNINGLAB["JOB_TIMEOUT_SECONDS"])
+        self.deadline = self.started + self.timeout_s - spent
+        self.timed_out_at: float | None = None
 
     @property
     def lost(self) -> bool:
@@ -160,7 +202,7 @@ class JobRunner:
 
     def _on_lease_lost(self) -> None:
         """The heartbeat lost the lease (runs on its thread): no more writes, kill the child now."""
-        self.writer.lost = True
+        self.writer.lost = True  # before reading self.child: _spawn sets the child, then reads this
         if self.child is not None:
             self.child.kill()
 
@@ -189,8 +231,19 @@ class JobRunner:
 
     def run(self) -> None:
         log.info("job %s: attempt %s on %s (token %s)", self.job_id, self.attempt, self.worker_id, self.token)
+        # The lease runs from the claim: keep it alive while preparing too (linking a big
+        # checkpoint), and let the watchdog end the attempt whatever the runner is stuck in.
+        self.keeper = LeaseKeeper(
+            job_id=self.job_id,
+            token=self.token,
+            interval_s=settings.TUNINGLAB["HEARTBEAT_SECONDS"],
+            lease_s=settings.TUNINGLAB["LEASE_SECONDS"],
+            on_lost=self._on_lease_lost,
+            db_lock=self.writer.db_lock,
+        )
+        self.keeper.start()
         try:
-            if not self._prepare():
+            if not self._prepare() or self.lost:
                 return
             self._spawn()
             if self.child is None:
@@ -222,6 +275,9 @@ class JobRunner:
     def _prepare(self) -> bool:
         """Build and write the config. False (job failed) when it cannot run at all."""
         job = self.job
+        if time.monotonic() >= self.deadline:
+            self._fail(TIMEOUT, self._timeout_message())
+            return False
         deleted = deleted_input_file(job)
         if deleted is not None:
             param, file_id = deleted
@@ -250,10 +306,18 @@ class JobRunner:
                 self._fail("invalid_training_data", f"The stored {param.replace('_', ' ')} is missing.", param=param)
                 return False
         try:
-            self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             if not job.cancel_requested:
                 # A STOP left by an earlier attempt's path must not stop this one at step 1.
                 self.paths.stop_file.unlink(missing_ok=True)
+            self.adopted = adopt_checkpoint(
+                self.paths.earlier_checkpoint_roots(self.attempt), self.run_dir / "checkpoints"
+            )
+            metrics_file = self.run_dir / "metrics.jsonl"
+            if self.adopted is not None:
+                seed_metrics_file(self.adopted.source.parent.parent, metrics_file, up_to_step=self.adopted.step)
+            # Resume exactly when there is a checkpoint to resume from.
+            cfg = cfg.replace(resume=self.adopted is not None)
             cfg_path = self.paths.config_file(self.attempt)
             atomic_write_text(cfg_path, cfg.to_json() + "\n")
         except OSError as exc:
@@ -280,19 +344,20 @@ class JobRunner:
             self._fail("internal_error", f"Cannot start the training process: {exc}")
             return
         self.child = child
-        self.keeper = LeaseKeeper(
-            job_id=self.job_id,
-            token=self.token,
-            interval_s=settings.TUNINGLAB["HEARTBEAT_SECONDS"],
-            lease_s=settings.TUNINGLAB["LEASE_SECONDS"],
-            on_lost=self._on_lease_lost,
-            db_lock=self.writer.db_lock,
-        )
-        self.keeper.start()
-        resume = " (resuming from the newest checkpoint)" if self.config.resume else ""
+        if self.lost:  # the lease went while it started (_on_lease_lost saw no child yet)
+            child.kill()
+            return
+        adopted = self.adopted
+        resume = f" (resuming after step {adopted.step})" if adopted is not None else ""
         self.writer.event(
             f"Training process started{resume}.",
-            data={"attempt": self.attempt, "pid": child.pid, "worker": self.worker_id, "resume": self.config.resume},
+            data={
+                "attempt": self.attempt,
+                "pid": child.pid,
+                "worker": self.worker_id,
+                "resume": self.config.resume,
+                "resume_step": adopted.step if adopted is not None else None,
+            },
         )
 
     def _pump(self) -> None:
@@ -316,18 +381,45 @@ class JobRunner:
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + POLL_SECONDS
+                self._check_timeout(now)
                 try:
+                    # Buffered metrics whose interval passed: the child may be quiet for long.
+                    self.relay.tick()
                     self._poll_cancel(now)
                 except LeaseLost:
                     break
                 except DatabaseError:
-                    log.warning("job %s: cancel poll failed", self.job_id, exc_info=True)
+                    log.warning("job %s: progress write or cancel poll failed", self.job_id, exc_info=True)
+        if not self.lost:
+            # The last buffered progress of a child that ended without a terminal line (killed,
+            # out of memory): terminal lines flush on their own.
+            try:
+                self.relay.flush()
+            except LeaseLost:
+                pass
+            except DatabaseError:
+                log.warning("job %s: last progress write failed", self.job_id, exc_info=True)
         if self.lost:
             self.child.kill()
         # stdout closed: the child is exiting. Give it a moment, then make sure.
         if self.child.wait(30) is None:
             self.child.kill()
             self.child.wait(10)
+
+    def _timeout_message(self) -> str:
+        return f"The job ran out of its time: it may run for {self.timeout_s:.0f} s from its first start."
+
+    def _check_timeout(self, now: float) -> None:
+        """Past the deadline: SIGTERM (the engine checkpoints and exits), SIGKILL after a grace."""
+        assert self.child is not None
+        if now < self.deadline:
+            return
+        if self.timed_out_at is None:
+            self.timed_out_at = now
+            log.warning("job %s: out of time (%.0f s); stopping the child", self.job_id, self.timeout_s)
+            self.child.signal(signal.SIGTERM)
+        elif now - self.timed_out_at > TIMEOUT_GRACE_SECONDS:
+            self.child.kill()
 
     def _poll_cancel(self, now: float) -> None:
         # A plain read, no transaction: it only decides whether to stop; writes are fenced.
@@ -368,6 +460,8 @@ class JobRunner:
             self._succeed()
         elif cancel_requested:
             self._cancelled()
+        elif self.timed_out_at is not None:
+            self._fail(TIMEOUT, self._timeout_message())
         elif relay.error_line is not None:
             e = relay.error_line
             self._fail(
@@ -397,7 +491,7 @@ class JobRunner:
 
     def _succeed(self) -> None:
         d = self.relay.done_line or {}
-        adapter_dir = Path(d.get("adapter_dir") or self.paths.adapter_dir)
+        adapter_dir = Path(d.get("adapter_dir") or self.run_dir / "adapter")
         name = fine_tuned_model_name(self.job)
         fields = {
             "trained_tokens": d.get("trained_tokens") or self.job.trained_tokens,

@@ -33,9 +33,11 @@ class SweepResult:
 def sweep(*, now: Any = None) -> SweepResult:
     """Expired leases → ``queued`` (or ``failed`` past the attempt cap), then wake-ups.
 
-    A re-queued job resumes from its newest complete checkpoint on its next attempt
-    (``resume=true`` in its config). ``dispatch_pending`` also covers jobs that wait for no
-    message at all: the broker lost it, or their owner's limit freed up.
+    A re-queued job resumes from its newest complete checkpoint on its next attempt (which
+    links it into a run dir of its own). A job at its attempt cap fails only while its lease
+    is still expired: a worker that renewed meanwhile keeps it. ``dispatch_pending`` also
+    covers jobs that wait for no message at all: the broker lost it, or their owner's limit
+    freed up.
     """
     requeued, failed = tuning_job_requeue_expired(now=now)
     dispatched = dispatch_pending()

@@ -12,7 +12,15 @@ from celery import shared_task
 
 from registry.evaluation.runner import comparison_run, evaluation_run
 from registry.services.mlflow_sync import registry_sync
-from tuninglab.task_names import RUN_COMPARISON, RUN_EVALUATION, RUN_TUNING_JOB, SWEEP_EXPIRED_LEASES, SYNC_REGISTRY
+from tuninglab.task_names import (
+    CLEANUP,
+    RUN_COMPARISON,
+    RUN_EVALUATION,
+    RUN_TUNING_JOB,
+    SWEEP_EXPIRED_LEASES,
+    SYNC_REGISTRY,
+)
+from tunings.services.cleanup import cleanup_run
 from workers.runner import run_job, worker_identity
 from workers.sweeper import sweep
 
@@ -52,3 +60,9 @@ def run_comparison(comparison_id: str) -> None:
 def sync_registry() -> None:
     """Mirror every pending registry row to MLflow (idempotent: safe to run any number of times)."""
     registry_sync()
+
+
+@shared_task(name=CLEANUP, ignore_result=True)
+def cleanup() -> dict[str, Any]:
+    """Beat task: delete finished jobs' files and other leftovers (``manage.py cleanup``)."""
+    return cleanup_run().as_dict()

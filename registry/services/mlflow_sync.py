@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,7 +60,7 @@ PROBE_TIMEOUT_S = 5
 # sync: the margin covers a finish time stamped before its commit and skew between worker
 # clocks. Re-checking one costs a get_run; its tag makes the re-log a no-op.
 EVALUATION_LOOKBACK = timedelta(minutes=5)
-# pg_advisory_lock key serialising syncs across workers ("tlmf").
+# pg_try_advisory_lock key serialising syncs across workers ("tlmf").
 SYNC_LOCK_KEY = 0x746C6D66
 
 
@@ -432,7 +433,13 @@ def _one_sync_at_a_time() -> Iterator[None]:
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [SYNC_LOCK_KEY])
+            # Poll instead of blocking: a blocking wait is one statement, and statement_timeout
+            # would cancel it while another worker's sync uploads artifacts for longer than that.
+            while True:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [SYNC_LOCK_KEY])
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.5)
         try:
             yield
         finally:

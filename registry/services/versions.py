@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -26,6 +25,7 @@ from registry.naming import NAME_RE, default_model_name
 from registry.services.base_models import BaseModelError, base_model_fill_content_hash
 from registry.services.evaluations import evaluation_queue_automatic
 from registry.services.notify import request_registry_sync
+from tuninglab import datapaths
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _weight_files(src: Path, kind: str) -> list[str]:
 
 def version_dir_root(*, owner_id: Any, name: str) -> Path:
     """Where the versions of ``(owner, name)`` live."""
-    return Path(settings.DATA_DIR) / "adapters" / str(owner_id) / name
+    return datapaths.adapters_root() / str(owner_id) / name
 
 
 def _lineage(job: Any, *, base_hash: str, config: dict[str, Any] | None, device: str | None) -> dict[str, Any]:

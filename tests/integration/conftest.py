@@ -179,3 +179,8 @@ def _kill_training_children() -> None:
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+def live_database_url() -> str:
+    """The URL of pytest-django's test database, for the processes a test starts (API servers, workers)."""
+    return _test_database_url()

@@ -10,6 +10,7 @@ Needs ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL``; skipped without them, fai
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections import Counter
@@ -29,6 +30,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.
 Status = TuningJob.Status
 ASSETS = Path(__file__).resolve().parents[2] / "lora_engine" / "assets"
 TERMINAL = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
+
+
+@pytest.fixture(autouse=True)
+def _allow_test_hooks(settings):
+    """These runs slow the engine down with ``step_delay_s`` to kill or cancel it mid-run."""
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "ALLOW_TEST_HOOKS": True}
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -76,6 +83,10 @@ def child_pids(job_id: str) -> list[int]:
         .order_by("seq")
         .values_list("data", flat=True)
     ]
+
+
+def child_starts(job_id: str) -> list[JobEvent]:
+    return list(JobEvent.objects.filter(job_id=job_id, data__has_key="pid").order_by("seq"))
 
 
 def attempt_starts(job_id: str) -> list[JobEvent]:
@@ -189,6 +200,13 @@ def test_it_resumes_on_another_worker_after_kill_9_with_the_same_result(
     checkpoint_steps = set(Checkpoint.objects.filter(job_id=interrupted).values_list("step", flat=True))
     assert resumed_steps[-1] == 8
     assert resumed_steps[0] > 1 and resumed_steps[0] - 1 in checkpoint_steps, resumed_steps
+    # ... in a run dir of its own, started from attempt 1's checkpoint (linked in, not shared).
+    [second_start] = [e for e in child_starts(interrupted) if e.data["attempt"] == 2]
+    assert second_start.data["resume_step"] == resumed_steps[0] - 1
+    second_dir = Path(json.loads(job_paths(interrupted).config_file(2).read_text())["output_dir"])
+    assert second_dir == job_paths(interrupted).run_dir / "attempt-2"
+    # Whatever attempt 2 pruned of its own copies, attempt 1's checkpoint stays where it was.
+    assert (second_dir.parent / "attempt-1" / "checkpoints" / f"step-{resumed_steps[0] - 1:06d}").is_dir()
 
     got = load_tensors(ModelVersion.objects.get(job_id=interrupted).adapter_path)
     want = load_tensors(ModelVersion.objects.get(job_id=reference).adapter_path)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from lora_engine import checkpoint as ckpt
+from lora_engine.manifest import STATE_FILES, adopt_checkpoint, read_manifest
 from lora_engine.train import FineTuneRecipe
 
 from .conftest import by_type, parse_lines, run_inprocess, start_subprocess
@@ -163,3 +164,65 @@ def test_it_resumes_an_old_checkpoint_without_unpickling_its_rng_pt(make_config,
     warning = next(m["message"] for m in by_type(lines, "message") if m["level"] == "warning")
     assert "rng.pt" in warning and "not loaded" in warning
     assert [m["step"] for m in by_type(lines, "metrics")] == [3, 4]  # weights and position were resumed
+
+
+# --- a new attempt's run dir starts from an earlier attempt's checkpoint ------------------
+
+
+def fake_run(root: Path, steps: list[int], *, complete: bool = True) -> Path:
+    """A checkpoint root listing ``steps``, each dir holding every state file (or all but one)."""
+    for step in steps:
+        d = root / ckpt.step_dir_name(step)
+        (d / "adapter").mkdir(parents=True)
+        (d / "adapter" / "adapter_model.safetensors").write_text(f"adapter {step}")
+        for name in STATE_FILES if complete else STATE_FILES[:-1]:
+            (d / name).write_text(f"{name} {step}")
+    entries = [{"step": s, "dir": ckpt.step_dir_name(s), "created_at": 1.0, "metrics": {"loss": s}} for s in steps]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ckpt.MANIFEST).write_text(json.dumps({"version": 1, "checkpoints": entries}))
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*"))}
+
+
+def test_it_adopts_the_newest_complete_checkpoint_of_earlier_attempts_by_hard_links(tmp_path):
+    one = fake_run(tmp_path / "attempt-1" / "checkpoints", [2, 4])
+    two = fake_run(tmp_path / "attempt-2" / "checkpoints", [6], complete=False)  # listed, but a file is missing
+    (one / "step-000008").mkdir()  # on disk but never listed: not a checkpoint
+    before = snapshot(tmp_path)
+    new_root = tmp_path / "attempt-3" / "checkpoints"
+
+    adopted = adopt_checkpoint([one, two], new_root)
+
+    assert adopted is not None and (adopted.step, adopted.source) == (4, one / "step-000004")
+    assert adopted.path == new_root / "step-000004"
+    assert ckpt.latest_checkpoint(new_root) == adopted.path
+    assert read_manifest(new_root)["checkpoints"] == [
+        {"step": 4, "dir": "step-000004", "created_at": 1.0, "metrics": {"loss": 4}}
+    ]
+    for name in (*STATE_FILES, "adapter/adapter_model.safetensors"):
+        assert (adopted.path / name).stat().st_ino == (one / "step-000004" / name).stat().st_ino
+    # Nothing of the earlier attempts was written, moved or removed.
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("attempt-3")} == before
+
+
+def test_it_adopts_nothing_when_no_earlier_attempt_left_a_complete_checkpoint(tmp_path):
+    partial = fake_run(tmp_path / "a" / "checkpoints", [2], complete=False)
+    assert adopt_checkpoint([partial, tmp_path / "missing"], tmp_path / "b" / "checkpoints") is None
+    assert not (tmp_path / "b" / "checkpoints" / ckpt.MANIFEST).exists()
+
+
+def test_it_never_follows_a_manifest_entry_out_of_its_own_directory(tmp_path, make_config):
+    victim = tmp_path / "victim"
+    fake_run(victim, [1])
+    root = tmp_path / "run" / "checkpoints"
+    entries = [{"step": 0, "dir": "../../victim/step-000001", "created_at": 1.0, "metrics": {}}]
+    root.mkdir(parents=True)
+    (root / ckpt.MANIFEST).write_text(json.dumps({"version": 1, "checkpoints": entries}))
+    # Neither adopted from nor pruned: a manifest names entries of its own root only.
+    assert adopt_checkpoint([root], tmp_path / "next" / "checkpoints") is None
+    cfg = make_config(output_dir=str(tmp_path / "run"), max_steps=2, checkpoint_every=1, keep_checkpoints=1)
+    assert run_inprocess(cfg)[0] == 0
+    assert (victim / "step-000001" / "state.json").is_file()

@@ -58,8 +58,9 @@ def test_it_trains_from_a_local_path_and_waits_for_success(
 
 
 def test_it_cancels_a_running_job_and_waiting_raises_tuning_cancelled(
-    live_server, raw_key, base_model, dataset_path, inprocess_worker
+    live_server, raw_key, base_model, dataset_path, inprocess_worker, settings
 ):
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "ALLOW_TEST_HOOKS": True}  # step_delay_s below
     slow = {**TINY_HYPERPARAMETERS, "step_delay_s": 2.0}  # the engine's test hook: ~6 s of steps
     with TuningLab(base_url=live_server.url, api_key=raw_key, timeout=30) as client:
         job = client.tunings.create(model="tiny-llama", data=str(dataset_path), hyperparameters=slow)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 
 import pytest
+import redis
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from tuninglab import throttling
 from tuninglab.models import ApiKey
 from tuninglab.selectors import api_key_get_active, hash_key
 from tuninglab.services import api_key_create, api_key_revoke
@@ -189,3 +191,14 @@ def test_it_gives_two_keys_of_one_user_separate_buckets(user, low_rate):
 def test_it_does_not_throttle_the_health_check(low_rate):
     client = APIClient()
     assert [client.get("/healthz").status_code for _ in range(5)] == [200] * 5
+
+
+@pytest.mark.urls("tests.tuninglab.urls")
+def test_it_lets_requests_through_unthrottled_while_the_counter_cache_is_down(user, low_rate, monkeypatch):
+    def refused(*args, **kwargs):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(throttling.cache, "add", refused)
+    client = _bearer(api_key_create(owner=user)[1])
+    # Over the 3/min limit and still 200: a Redis outage must not turn every API call into a 500.
+    assert [client.get(WHOAMI).status_code for _ in range(5)] == [200] * 5

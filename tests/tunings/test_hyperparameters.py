@@ -92,6 +92,7 @@ def test_it_maps_row_values_to_engine_field_names_without_paths():
         "target_modules": ["q_proj"],
         "quant_bits": 4,
         "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
+        "log_every": 1,  # a metrics line per step: the row has no dataset to size the run by
         "num_epochs": 2,
         "batch_size": 4,
         "packing": True,

@@ -42,7 +42,7 @@ def test_it_maps_hyperparameters_and_columns_to_engine_fields(make_job, user, se
     assert cfg.step_delay_s == 0.5
     assert (cfg.rank, cfg.alpha, cfg.dropout, cfg.seed) == (4, 8.0, 0.0, 7)
     assert cfg.target_modules == ("q_proj", "v_proj")
-    assert cfg.output_dir == str(data_dir / "jobs" / job.id / "run")
+    assert cfg.output_dir == str(data_dir / "jobs" / job.id / "run" / "attempt-1")
     assert cfg.stop_file == str(data_dir / "jobs" / job.id / "STOP")
     assert cfg.train_file == str(data_dir / job.training_file.storage_path)
     assert cfg.base_model_dir == job.base_model.path
@@ -53,14 +53,20 @@ def test_it_maps_hyperparameters_and_columns_to_engine_fields(make_job, user, se
 
 
 @pytest.mark.django_db
-def test_it_resumes_on_a_later_attempt_or_when_checkpoints_exist(make_job, user):
+def test_it_gives_each_attempt_its_own_dir_and_leaves_resume_to_the_runner(make_job, user):
     job = make_job(user, attempt=1)
-    assert build_train_config(job).config.resume is False
-    assert build_train_config(job, attempt=2).config.resume is True
-    manifest = job_paths(job.id).checkpoints_manifest
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text("[]")
-    assert build_train_config(job, attempt=1).config.resume is True
+    paths = job_paths(job.id)
+    for attempt in (1, 2):
+        cfg = build_train_config(job, attempt=attempt).config
+        assert cfg.output_dir == str(paths.run_dir / f"attempt-{attempt}")
+        assert cfg.metrics_file == str(paths.run_dir / f"attempt-{attempt}" / "metrics.jsonl")
+        # Resume is set by the runner once it adopted a checkpoint into this attempt's dir.
+        assert cfg.resume is False
+    assert paths.earlier_checkpoint_roots(3) == [
+        paths.run_dir / "checkpoints",
+        paths.run_dir / "attempt-1" / "checkpoints",
+        paths.run_dir / "attempt-2" / "checkpoints",
+    ]
 
 
 @pytest.mark.django_db

@@ -100,7 +100,10 @@ def test_it_registers_a_full_fine_tune_as_a_full_weights_version(fake_engine, ma
     assert mv.lineage["method"] == "full" and mv.lineage["lora"] is None
 
 
-def test_it_relays_metrics_messages_checkpoints_and_stores_the_adapter(fake_engine, make_job, user, settings):
+def test_it_relays_metrics_messages_checkpoints_and_stores_the_adapter(fake_engine, make_job, user, settings, tmp_path):
+    # The relay keeps rows of checkpoint dirs that exist (it drops the ones the engine pruned).
+    ckpt_dir = tmp_path / "x" / "step-000002"
+    ckpt_dir.mkdir(parents=True)
     fake_engine(
         [
             {"emit": {"type": "message", "level": "info", "message": "Loaded 40 examples."}},
@@ -108,8 +111,8 @@ def test_it_relays_metrics_messages_checkpoints_and_stores_the_adapter(fake_engi
             {"emit": metrics(1, loss=2.0)},  # repeated step: no second metrics event
             {"stdout": "a stray print from some library"},
             {"emit": metrics(2, loss=1.5)},
-            {"emit": {"type": "checkpoint", "step": 2, "path": "/x/step-000002", "metrics": {"loss": 1.5}}},
-            {"emit": {"type": "checkpoint", "step": 2, "path": "/x/step-000002", "metrics": {"loss": 1.5}}},
+            {"emit": {"type": "checkpoint", "step": 2, "path": str(ckpt_dir), "metrics": {"loss": 1.5}}},
+            {"emit": {"type": "checkpoint", "step": 2, "path": str(ckpt_dir), "metrics": {"loss": 1.5}}},
             {"emit": {**metrics(3, loss=1.2), "eval_loss": 1.4}},
             {"adapter": True},
             {"done": True},

@@ -111,7 +111,7 @@ class FileDetailApi(APIView):
     def get(self, request: Request, file_id: str) -> Response:
         return Response(file_to_dict(training_file_get(owner=request.user, file_id=file_id)))
 
-    @extend_schema(operation_id="files_delete", responses=_FILE_OBJECT)
+    @extend_schema(operation_id="files_delete", responses={200: _FILE_OBJECT})
     def delete(self, request: Request, file_id: str) -> Response:
         file = training_file_get(owner=request.user, file_id=file_id)
         training_file_delete(file=file)

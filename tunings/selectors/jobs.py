@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from tuninglab.errors import InvalidRequestError, NotFoundError
@@ -180,20 +181,29 @@ def tuning_job_queue_info(*, jobs: Iterable[TuningJob]) -> dict[str, QueueInfo]:
     if not waiting:
         return info
     queues = sorted(set(waiting.values()))
-    # One pass over the queued ids in claim order; filtering by queue keeps each queue's own order.
-    # A page job missing from it left the queue after it was read and stays NOT_QUEUED.
+    # Each page job's place = the queued jobs of its queue ahead of it in claim order, counted by
+    # the database (one query, a correlated COUNT per page job along the scheduling index) rather
+    # than streaming the queue's ids here: a new job is last, and its read must not cost O(queue)
+    # rows sent to Python. A page job no longer queued left after it was read: NOT_QUEUED.
+    ahead = (
+        queued_jobs()
+        .filter(queue=OuterRef("queue"))
+        .filter(
+            Q(priority__gt=OuterRef("priority"))
+            | Q(priority=OuterRef("priority"), created_at__lt=OuterRef("created_at"))
+            | Q(priority=OuterRef("priority"), created_at=OuterRef("created_at"), id__lt=OuterRef("id"))
+        )
+        .order_by()
+        .values("queue")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     positions: dict[str, dict[str, int]] = {queue: {} for queue in queues}
-    seen = dict.fromkeys(queues, 0)
-    found = 0
-    # Streamed, and stopped at the last page job: a long queue is read only as far as it must be.
-    ordered = queued_jobs().filter(queue__in=queues).values_list("id", "queue").iterator(chunk_size=2000)
-    for job_id, queue in ordered:
-        seen[queue] += 1
-        if job_id in waiting:
-            positions[queue][job_id] = seen[queue]
-            found += 1
-            if found == len(waiting):
-                break
+    still_queued = queued_jobs().filter(id__in=list(waiting)).order_by()
+    for job_id, queue, n_ahead in still_queued.annotate(ahead=Coalesce(Subquery(ahead), 0)).values_list(
+        "id", "queue", "ahead"
+    ):
+        positions[queue][job_id] = n_ahead + 1
     running_etas: dict[str, list[float | None]] = {queue: [] for queue in queues}
     running = TuningJob.objects.filter(queue__in=queues, status=TuningJob.Status.RUNNING)
     for queue, eta in running.values_list("queue", "eta_seconds"):

@@ -77,6 +77,8 @@ class JobSpec:
     resources: dict[str, Any]
     promote_to: str = ""
     """Alias (e.g. ``production``) the new version moves to when the job succeeds; "" keeps aliases as they are."""
+    hyperparameters_param: str = "hyperparameters"
+    """Where the request put its hyperparameters (or ``method.supervised.hyperparameters``): errors name it."""
 
 
 def _bad(
@@ -294,4 +296,5 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
         priority=priority,
         resources=_validate_resources(payload.get("resources")),
         promote_to=promote_to,
+        hyperparameters_param=hp_param,
     )

@@ -33,11 +33,18 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
-from lora_engine.fsio import fsync_dir, publish_file
-from tuninglab.errors import ConflictError, InvalidRequestError, NotFoundError, PayloadTooLargeError
+from lora_engine.fsio import fsync_dir, is_disk_full_oserror, publish_file
+from tuninglab.errors import (
+    ConflictError,
+    InsufficientStorageError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from tuninglab.services import user_row_lock
 from tunings.datasets import ValidationReport, validate_jsonl
 from tunings.models import TrainingFile, TuningJob
 
@@ -58,6 +65,44 @@ def file_too_large_error(max_bytes: int) -> PayloadTooLargeError:
         code="file_too_large",
         param="file",
         suggestion="Split the dataset into smaller files, or raise TUNINGLAB_MAX_UPLOAD_MB on the server.",
+    )
+
+
+def disk_full_error() -> InsufficientStorageError:
+    """507 ``disk_full``: the server's data directory has no room for the upload."""
+    return InsufficientStorageError(
+        "The server ran out of disk space while storing the upload; nothing was stored.",
+        param="file",
+        suggestion="Try again later; if it persists, ask an operator to free space in the data directory "
+        "(manage.py cleanup deletes what finished work left behind).",
+    )
+
+
+@contextlib.contextmanager
+def _disk_full_as_api_error(on_error: Any) -> Iterator[None]:
+    """A full disk (ENOSPC, EDQUOT, EFBIG) → run ``on_error`` (delete what was written) and raise 507."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full_oserror(exc):
+            raise
+        on_error()
+        raise disk_full_error() from exc
+
+
+def storage_quota_error(*, used: int, size: int, cap: int) -> PayloadTooLargeError:
+    """413 ``storage_quota_exceeded``: the owner's live files plus this upload pass their quota.
+
+    A 413, not a 429: waiting does not free the space (deleting files does), and clients retry 429s.
+    """
+    mb = 1024 * 1024
+    return PayloadTooLargeError(
+        f"Storing this upload ({size / mb:.1f} MB) would bring your files to {(used + size) / mb:.1f} MB; "
+        f"your storage quota is {cap / mb:g} MB. Nothing was stored.",
+        code="storage_quota_exceeded",
+        param="file",
+        suggestion="Delete files you no longer need (DELETE /v1/files/<id>), or ask an operator to raise "
+        "TUNINGLAB_MAX_STORED_MB_PER_USER.",
     )
 
 
@@ -162,7 +207,8 @@ class UploadStager:
             self.discard()
             raise file_too_large_error(self.max_bytes)
         self.hasher.update(chunk)
-        self.file.write(chunk)
+        with _disk_full_as_api_error(self.discard):
+            self.file.write(chunk)
 
     def finish(self) -> StagedUpload:
         """Close the temp file and describe it.
@@ -170,12 +216,14 @@ class UploadStager:
         No fsync here: ``publish_file`` syncs the bytes before renaming them into the store,
         and a temp file that never gets there need not survive a crash.
         """
-        self.file.close()
+        with _disk_full_as_api_error(self.discard):
+            self.file.close()  # flushes the buffer: a full disk may show only here
         return StagedUpload(path=self.path, sha256=self.hasher.hexdigest(), size=self.size)
 
     def discard(self) -> None:
         """Close and delete the temp file (any failure path)."""
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk fails the flush on close; the file goes anyway
+            self.file.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -225,7 +273,8 @@ def _place_blob(staged: StagedUpload) -> bool:
         fsync_dir(final.parent.parent)  # the new shard dir's own entry must survive a power cut too
     # fsync, atomic rename, fsync of the directory: readers see no file or the whole file,
     # and the bytes are on disk before the row that points at them is inserted.
-    publish_file(staged.path, final)
+    with _disk_full_as_api_error(staged.discard):
+        publish_file(staged.path, final)
     return True
 
 
@@ -248,6 +297,20 @@ def _ensure_blob_after_commit(staged: StagedUpload) -> None:
     staged.discard()
 
 
+def stored_bytes(*, owner: Any) -> int:
+    """Bytes of the owner's live files, as uploaded (a blob shared by two rows counts twice:
+    what a user may store must not depend on what others uploaded)."""
+    total = TrainingFile.objects.filter(owner=owner, deleted_at__isnull=True).aggregate(total=Sum("bytes"))["total"]
+    return int(total or 0)
+
+
+def _check_storage_quota(*, owner: Any, size: int) -> None:
+    cap = int(settings.TUNINGLAB["MAX_STORED_BYTES_PER_USER"])
+    used = stored_bytes(owner=owner)
+    if used + size > cap:
+        raise storage_quota_error(used=used, size=size, cap=cap)
+
+
 def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, purpose: str) -> TrainingFile:
     """Validate a staged upload and store it: content-addressed bytes + a ``TrainingFile`` row.
 
@@ -260,6 +323,8 @@ def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, pur
         InvalidRequestError: ``invalid_purpose``.
         DatasetValidationError: the dataset has problems (400, every problem in ``details``);
             nothing is stored.
+        PayloadTooLargeError: 413 ``storage_quota_exceeded``, the owner's live files would pass
+            ``MAX_STORED_BYTES_PER_USER``; nothing is stored.
     """
     keep_for_commit = False
     try:
@@ -269,6 +334,9 @@ def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, pur
                 code="invalid_purpose",
                 param="purpose",
             )
+        # Before validating (cheap, and spares reading a file we would refuse), and again below
+        # under the owner's row lock, where two uploads of one owner cannot both take the last bytes.
+        _check_storage_quota(owner=owner, size=upload.size)
         report = validate_jsonl(
             upload.path,
             max_line_bytes=settings.TUNINGLAB["MAX_LINE_BYTES"],
@@ -281,6 +349,8 @@ def training_file_create(*, owner: Any, upload: StagedUpload, filename: str, pur
             created_blob = _place_blob(upload)
             try:
                 with transaction.atomic():
+                    user_row_lock(user_id=owner.pk)
+                    _check_storage_quota(owner=owner, size=upload.size)
                     row = TrainingFile.objects.create(
                         owner=owner,
                         filename=_clean_filename(filename),
@@ -352,3 +422,45 @@ def _collect_blob(sha256: str) -> None:
     """After the delete commits: drop the bytes if that was the last row with this content."""
     with _storage_lock():
         _drop_blob_if_unused(sha256)
+
+
+def orphan_upload_files_collect(*, older_than: float, dry_run: bool = False) -> list[tuple[Path, int]]:
+    """Delete upload leftovers last modified before ``older_than`` (a Unix time); returns ``(path, bytes)``.
+
+    Two kinds: temp files of uploads a crash interrupted (``tmp/upload-*.part``; a request in
+    progress has touched its file recently), and blobs no live row points at (a crash between
+    placing the bytes and inserting the row). Blobs are checked and deleted under the storage
+    lock, so an upload placing the same content now either keeps its blob or puts it back.
+    """
+    found: list[tuple[Path, int]] = []
+    data = _data_dir()
+    for path in sorted((data / "tmp").glob("upload-*.part")):
+        size = _old_file_size(path, older_than)
+        if size is not None:
+            found.append((path, size))
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    if not (data / "files").is_dir():
+        return found
+    with _storage_lock():
+        live = set(TrainingFile.objects.filter(deleted_at__isnull=True).values_list("storage_path", flat=True))
+        for path in sorted((data / "files").glob("*/*.jsonl")):
+            if path.relative_to(data).as_posix() in live:
+                continue
+            size = _old_file_size(path, older_than)
+            if size is not None:
+                found.append((path, size))
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+    return found
+
+
+def _old_file_size(path: Path, older_than: float) -> int | None:
+    """The size of a regular file last modified before ``older_than``, else None."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if not path.is_file() or path.is_symlink() or st.st_mtime >= older_than:
+        return None
+    return st.st_size

@@ -7,6 +7,7 @@ Parsing the request body is ``tunings.serializers.job_request``; the hyperparame
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -16,8 +17,8 @@ from registry.models import BaseModel
 from registry.naming import default_model_name
 from tuninglab.errors import IdempotencyError, InvalidRequestError, NotFoundError, TooManyRequestsError
 from tuninglab.services import user_row_lock
-from tunings.hyperparameters import resolve_hyperparameters
-from tunings.models import TrainingFile, TuningJob
+from tunings.hyperparameters import check_run_limits, resolve_hyperparameters
+from tunings.models import JobEvent, TrainingFile, TuningJob
 from tunings.selectors.queue import waiting_count
 from tunings.serializers.job_request import JobSpec
 from tunings.services.dispatch import dispatch_job
@@ -92,6 +93,8 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
     Raises:
         NotFoundError: a file that does not exist or belongs to someone else (param names the field).
         InvalidRequestError: unknown base model, unvalidated file, ...
+        InvalidRequestError: ``limit_exceeded``, the run is past an operator quota (steps,
+            checkpoints, trained tokens); ``param`` names the hyperparameter to change.
         IdempotencyError: ``idempotency_key`` already created another job of this owner.
         TooManyRequestsError: ``too_many_queued_jobs``, the owner already has
             ``MAX_QUEUED_JOBS_PER_USER`` jobs waiting to start.
@@ -116,6 +119,12 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         tuning_method=spec.tuning_method,
         example_count=training.example_count,
         parameter_count=base_model.parameter_count,
+    )
+    check_run_limits(
+        resolved=resolved,
+        example_count=training.example_count,
+        token_estimate=training.token_estimate,
+        param=spec.hyperparameters_param,
     )
     queue = queue_for_resources(spec.resources)
     with transaction.atomic():
@@ -171,3 +180,20 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         job_id, job_queue = job.id, job.queue
         transaction.on_commit(lambda: dispatch_job(job_id, job_queue))
     return job
+
+
+def job_metrics_events_add(*, job_id: str, samples: list[tuple[str, dict[str, Any]]]) -> int:
+    """Append metrics events ``(message, data)`` in one INSERT, in order; returns how many.
+
+    The worker batches a fast run's metrics lines (one per logged step) and writes them together
+    with the progress columns, instead of one statement and commit per step. ``seq`` numbers
+    are taken now and increase along the batch, so the events sort after everything written
+    before them, in the order the child printed them. Call it inside the attempt's fenced transaction.
+    """
+    base = time.time_ns()
+    rows = [
+        JobEvent(job_id=job_id, type=JobEvent.Type.METRICS, message=message, data=data, seq=base + i)
+        for i, (message, data) in enumerate(samples)
+    ]
+    JobEvent.objects.bulk_create(rows)
+    return len(rows)

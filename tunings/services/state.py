@@ -169,17 +169,22 @@ def tuning_job_fail(
     param: str | None = None,
     suggestion: str = "",
     token: int | None = None,
+    lease_expired_before: Any = None,
 ) -> bool:
     """Any non-terminal state → failed with ``error = {code, message, param}`` and a suggestion.
 
-    With ``token`` only the owning running attempt may fail the job (worker side); without it
-    (validation, sweeper past the attempt cap) any non-terminal job may be failed.
+    With ``token`` only the running attempt holding it may be failed (the worker, the sweeper);
+    without it (validation) any non-terminal job may be failed. With ``lease_expired_before``
+    (the sweeper) the lease must also still be expired at that time: a heartbeat that renewed
+    it after the sweeper read the row keeps its job.
     """
     query = (
         _running_with_token(job_id, token)
         if token is not None
         else TuningJob.objects.filter(id=job_id, status__in=NON_TERMINAL)
     )
+    if lease_expired_before is not None:
+        query = query.filter(lease_until__lt=lease_expired_before)
     updated = query.update(
         status=Status.FAILED,
         error={"code": code, "message": message, "param": param},
@@ -242,8 +247,13 @@ def tuning_job_requeue_expired(*, now: Any = None) -> tuple[list[str], list[str]
     now = now or timezone.now()
     requeued: list[str] = []
     failed: list[str] = []
-    expired = TuningJob.objects.filter(status=Status.RUNNING, lease_until__lt=now).values_list(
-        "id", "attempt", "max_attempts", "cancel_requested", "fencing_token"
+    # Longest expired first. Each row is read, then changed by its own conditional UPDATE: the
+    # lease may be renewed in between (a worker whose database blip just ended), so every
+    # branch re-checks token *and* expiry in its WHERE clause.
+    expired = (
+        TuningJob.objects.filter(status=Status.RUNNING, lease_until__lt=now)
+        .order_by("lease_until", "id")
+        .values_list("id", "attempt", "max_attempts", "cancel_requested", "fencing_token")
     )
     for job_id, attempt, max_attempts, cancel_requested, token in list(expired):
         base = TuningJob.objects.filter(id=job_id, status=Status.RUNNING, lease_until__lt=now, fencing_token=token)
@@ -255,6 +265,7 @@ def tuning_job_requeue_expired(*, now: Any = None) -> tuple[list[str], list[str]
             if tuning_job_fail(
                 job_id=job_id,
                 token=token,
+                lease_expired_before=now,
                 code="max_attempts_exceeded",
                 message=f"The job's worker was lost {attempt} times; giving up.",
                 suggestion="Check the worker hosts' logs (OOM killer, preemption), then create the job again.",

@@ -333,8 +333,9 @@ def test_it_refuses_both_n_epochs_and_max_steps(api_client, job_body, dispatched
     assert response.json()["error"]["param"] == "hyperparameters.max_steps"
 
 
-def test_it_creates_jobs_the_worker_can_turn_into_an_engine_config(create_job, user):
+def test_it_creates_jobs_the_worker_can_turn_into_an_engine_config(create_job, user, settings):
     """Contract with workers.job_config: every job this API accepts maps onto a valid TrainConfig."""
+    settings.TUNINGLAB = {**settings.TUNINGLAB, "ALLOW_TEST_HOOKS": True}  # step_delay_s below
     bodies = [
         {},
         {"tuning_method": "qlora", "lora": {"rank": 4, "target_modules": "all-linear"}},

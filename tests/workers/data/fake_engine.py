@@ -13,7 +13,10 @@
   {"done": true}             print a "done" line for the model dir if one was written, else the adapter dir
   {"kill_self": signum}
   {"exit": code}
-The child's pid is written to ``output_dir/../fake.pid``.
+The child's pid is written to ``<job dir>/fake.pid`` (the stop file's dir), its config to
+``<job dir>/fake.config.json``. Checkpoints are listed in a manifest like the engine's (with
+empty state files), and with ``resume`` in the config the run continues after the newest
+listed one in its own ``output_dir``, saying "resumed from <path> at step <n>".
 """
 
 import json
@@ -28,10 +31,13 @@ with open(os.environ["FAKE_ENGINE_SCRIPT"]) as fh:
     script = json.load(fh)
 out = cfg["output_dir"]
 os.makedirs(out, exist_ok=True)
-with open(os.path.join(os.path.dirname(out), "fake.pid"), "w") as fh:
+job_dir = os.path.dirname(cfg["stop_file"])
+with open(os.path.join(job_dir, "fake.pid"), "w") as fh:
     fh.write(str(os.getpid()))
-with open(os.path.join(os.path.dirname(out), "fake.config.json"), "w") as fh:
+with open(os.path.join(job_dir, "fake.config.json"), "w") as fh:
     json.dump(cfg, fh)
+MANIFEST = os.path.join(out, "checkpoints", "manifest.json")
+STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.safetensors", "state.json")
 
 term = {"seen": False}
 signal.signal(signal.SIGTERM, lambda *_: term.update(seen=True))
@@ -42,11 +48,32 @@ def emit(obj):
     sys.stdout.flush()
 
 
+def listed():
+    if not os.path.exists(MANIFEST):
+        return []
+    with open(MANIFEST) as fh:
+        return json.load(fh)["checkpoints"]
+
+
 def checkpoint(step):
     path = os.path.join(out, "checkpoints", f"step-{step:06d}")
     os.makedirs(path, exist_ok=True)
+    for name in STATE_FILES:
+        with open(os.path.join(path, name), "w") as fh:
+            fh.write(str(step))
+    entries = [e for e in listed() if e["step"] != step] + [{"step": step, "dir": os.path.basename(path)}]
+    tmp = MANIFEST + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"version": 1, "checkpoints": sorted(entries, key=lambda e: e["step"])}, fh)
+    os.replace(tmp, MANIFEST)
     emit({"type": "checkpoint", "step": step, "path": path, "metrics": {"loss": 1.0 / step}})
     return path
+
+
+start_step = 0
+if cfg.get("resume") and listed():
+    start_step = listed()[-1]["step"]
+    emit({"type": "message", "level": "info", "message": f"resumed from {listed()[-1]['dir']} at step {start_step}"})
 
 
 for action in script:
@@ -61,7 +88,7 @@ for action in script:
     elif "train" in action:
         t = action["train"]
         n, every = t["steps"], t.get("checkpoint_every", 0)
-        for step in range(1, n + 1):
+        for step in range(start_step + 1, n + 1):
             time.sleep(t.get("delay", 0.0))
             emit(
                 {
