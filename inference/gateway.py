@@ -15,7 +15,8 @@ reach vLLM concurrently and are batched there; nothing in the gateway serialises
   moved a moment ago, vLLM restarted) is loaded on the spot and the request retried once.
 * Every answer of a version, and every error vLLM returns for it, adds to its ``VersionTraffic``
   (requests refused before vLLM, e.g. 503 while it starts, are not counted); a routed request
-  may be mirrored to the route's shadow version afterwards (``inference.shadow``).
+  may be mirrored to the route's shadow version afterwards (``inference.shadow``), and to the
+  latency histograms below (total, and time to the first token of a stream; docs/observability.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from prometheus_client import Histogram
 
 from inference import limits
 from inference.adapters import ensure_loaded
@@ -37,6 +39,7 @@ from inference.models import ServingProcess
 from inference.resolve import Target, resolve_target
 from inference.shadow import submit_shadow
 from inference.vllm_http import VllmError, client_for, error_message
+from registry.models import ModelVersion
 from registry.services.traffic import traffic_record
 from tuninglab.errors import ApiError, InvalidRequestError, ServiceUnavailableError
 
@@ -48,6 +51,23 @@ DENIED_PARAMETERS = frozenset(
     {"chat_template", "logits_processors", "kv_transfer_params", "vllm_xargs", "priority", "lora_request"}
 )
 ROUTE_KEY_HEADER = "X-Route-Key"
+
+# Latency per version as callers see it, kept by prometheus_client in this process's memory, or
+# in files under PROMETHEUS_MULTIPROC_DIR when that is set (several gunicorn workers; `/metrics`
+# merges them). Buckets span a cached short answer to the request timeout's default.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+REQUEST_SECONDS = Histogram(
+    "tuninglab_gateway_request_seconds",
+    "Gateway requests to a version, from arrival to the last byte (errors vLLM returned included).",
+    ["owner", "model", "version", "stream"],
+    buckets=LATENCY_BUCKETS,
+)
+FIRST_TOKEN_SECONDS = Histogram(
+    "tuninglab_gateway_first_token_seconds",
+    "Streamed gateway requests to a version, from arrival to the first generated text.",
+    ["owner", "model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 class UpstreamError(ApiError):
@@ -167,12 +187,12 @@ def proxy(request: Any, body: Any, endpoint: str) -> HttpResponse:
     finally:
         limits.release(request.user.pk)
     if response.status_code != 200:
-        _record(target, started, error=True)
+        _record(target, started, owner=request.user, error=True)
         raise _map_error(response, target, param)
     data = response.json()
     data["model"] = target.requested
     usage = data.get("usage") or {}
-    _record(target, started, usage=usage)
+    _record(target, started, owner=request.user, usage=usage)
     _maybe_shadow(request, target, endpoint, body, _output_text(data))
     return JsonResponse(data)
 
@@ -184,7 +204,7 @@ def _proxy_stream(request: Any, body: dict[str, Any], target: Target, path: str,
     if response.status_code != 200:
         response.read()
         response.close()
-        _record(target, started, error=True)
+        _record(target, started, owner=request.user, error=True, stream=True)
         raise _map_error(response, target, param)
     events = _Relay(request, response, target, body, path, started, wants_usage=wants_usage)
     streamed = StreamingHttpResponse(events, content_type="text/event-stream")
@@ -217,6 +237,7 @@ class _Relay:
         self.usage: dict[str, Any] = {}
         self.pieces: list[str] = []
         self.error = False
+        self.first_token_seen = False
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -248,7 +269,11 @@ class _Relay:
                 if "error" in chunk:
                     self.error = True
                 chunk["model"] = self.target.requested
-                self.pieces += [_delta_text(choice) for choice in chunk.get("choices") or []]
+                texts = [_delta_text(choice) for choice in chunk.get("choices") or []]
+                self.pieces += texts
+                if not self.first_token_seen and any(texts):
+                    self.first_token_seen = True
+                    _observe_first_token(self.target, self.started, owner=self.request.user)
                 if not self.wants_usage:
                     if chunk.get("usage") and not chunk.get("choices"):
                         continue  # the usage-only chunk we asked for; the caller did not
@@ -267,7 +292,7 @@ class _Relay:
         self._closed = True
         self.response.close()
         limits.release(self.request.user.pk)  # the slot taken in proxy()
-        _record(self.target, self.started, usage=self.usage, error=self.error)
+        _record(self.target, self.started, owner=self.request.user, usage=self.usage, error=self.error, stream=True)
 
 
 def _delta_text(choice: dict[str, Any]) -> str:
@@ -282,14 +307,35 @@ def _output_text(data: dict[str, Any]) -> str:
     return str(message.get("content") or first.get("text") or "")
 
 
-def _record(target: Target, started: float, *, usage: dict[str, Any] | None = None, error: bool = False) -> None:
+def _version_labels(version: ModelVersion, owner: Any) -> list[str]:
+    # resolve_target only ever finds the caller's own versions (with their registered model
+    # joined), so these labels cost no query.
+    return [owner.username, version.registered_model.name, str(version.version)]
+
+
+def _observe_first_token(target: Target, started: float, *, owner: Any) -> None:
+    if target.version is not None:
+        FIRST_TOKEN_SECONDS.labels(*_version_labels(target.version, owner)).observe(time.monotonic() - started)
+
+
+def _record(
+    target: Target,
+    started: float,
+    *,
+    owner: Any,
+    usage: dict[str, Any] | None = None,
+    error: bool = False,
+    stream: bool = False,
+) -> None:
     if target.version is None:
         return
     usage = usage or {}
+    elapsed = time.monotonic() - started
+    REQUEST_SECONDS.labels(*_version_labels(target.version, owner), str(stream).lower()).observe(elapsed)
     try:
         traffic_record(
             version_id=target.version.id,
-            latency_ms=(time.monotonic() - started) * 1000,
+            latency_ms=elapsed * 1000,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             error=error,

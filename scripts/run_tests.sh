@@ -18,6 +18,18 @@ if [[ "${CI:-}" == "true" && ! -x /usr/bin/chromium ]]; then
   apt-get install -y -q chromium
 fi
 
+# The Prometheus tests (tests/observability/test_prometheus_config.py) run Debian's promtool and
+# prometheus binaries; they skip without them locally and fail under CI=true, so CI installs the
+# package here. Its post-install may start the packaged daemon (on :9090): stop it, the tests
+# start their own Prometheus on a free port.
+if [[ "${CI:-}" == "true" && ! -x /usr/bin/promtool ]]; then
+  echo "== installing Prometheus (promtool) for the Prometheus tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends prometheus
+  service prometheus stop >/dev/null 2>&1 || true
+fi
+
 echo "== pytest on SQLite (embedded default, in-process worker)"
 # Tests marked postgres/redis need the real services; they run in the second pass.
 env -u DATABASE_URL -u REDIS_URL $BIN/pytest -m "not postgres and not redis" "$@"

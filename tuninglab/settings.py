@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "registry",
     "inference",
     "workers",
+    "observability",  # /metrics: django-prometheus's request metrics and the lab's own
 ]
 
 MIDDLEWARE = [
@@ -180,6 +181,9 @@ TUNINGLAB = {
     # set higher values in the admin. 0: users can lower their jobs but not jump the queue.
     "USER_MAX_PRIORITY": env_int("TUNINGLAB_USER_MAX_PRIORITY", 0),
     "MAX_ATTEMPTS": env_int("TUNINGLAB_MAX_ATTEMPTS", 3),
+    # Bearer token Prometheus must send to GET /metrics (its labels name users, models and jobs);
+    # empty: /metrics is open and must be restricted at the proxy.
+    "METRICS_TOKEN": env_str("TUNINGLAB_METRICS_TOKEN", ""),
     # A job's wall-clock budget from its first start (re-queues do not reset it); past it the
     # worker stops the training process and fails the job with `timeout`.
     "JOB_TIMEOUT_SECONDS": env_int("TUNINGLAB_JOB_TIMEOUT_SECONDS", 24 * 3600),

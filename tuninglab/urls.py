@@ -50,5 +50,5 @@ urlpatterns = [
     path("", include("tunings.job_urls")),
     path("", include("registry.urls")),
     path("", include("inference.urls")),
-    path("", include("django_prometheus.urls")),
+    path("", include("observability.urls")),
 ]
