@@ -46,6 +46,7 @@ def dataset(n_bytes: int) -> bytes:
 
 
 @pytest.mark.django_db
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["raw", "multipart"])
 def test_a_full_disk_during_an_upload_is_507_disk_full_and_leaves_nothing(api_client, tiny_data_dir, how):
     content = dataset(1024 * 1024)  # 1 MiB into 256 KiB
