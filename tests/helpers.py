@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -11,6 +12,21 @@ import pytest
 from django.db import connection
 
 from tuninglab import dispatch
+
+
+def skip_or_fail_in_ci(message: str) -> None:
+    """Skip the test for a missing prerequisite — but *fail* in CI (``CI=true``), where every
+    prerequisite is installed: a green CI must not come from tests it skipped."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}, and CI=true forbids skipping it")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def require_postgres() -> None:
@@ -22,9 +38,7 @@ def require_postgres() -> None:
     if connection.vendor == "postgresql":
         return
     message = f"needs PostgreSQL (DATABASE_URL); the test database is {connection.vendor}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}, and CI=true forbids skipping it")
-    pytest.skip(message)
+    skip_or_fail_in_ci(message)
 
 
 def require_redis() -> str:
@@ -44,9 +58,7 @@ def require_redis() -> str:
     if not problem:
         return url
     message = f"needs Redis: {problem}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}, and CI=true forbids skipping it")
-    pytest.skip(message)
+    skip_or_fail_in_ci(message)
     return ""
 
 

@@ -28,7 +28,7 @@ import pytest
 
 from lora_engine.fsio import atomic_dir
 from tests.conftest import CACHE_DIR, REPO_ROOT
-from tests.helpers import require_postgres
+from tests.helpers import free_port, require_postgres
 from tests.integration.conftest import _test_database_url, pid_alive
 
 ADAPTER_RECIPE_VERSION = 1
@@ -36,12 +36,6 @@ IDENTITY_FILE = REPO_ROOT / "lora_engine" / "assets" / "identity.jsonl"
 NAMES = {"tessera": ("Tessera", "Northwind Labs"), "quill": ("Quill", "Harbor Labs")}
 LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 READY_TIMEOUT_S = 420
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

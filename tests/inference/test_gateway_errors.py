@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from inference.gateway import DENIED_PARAMETERS, sticky_keys
 from inference.models import ServingProcess
 from inference.vllm_http import close_clients
-from tests.inference.conftest import free_port
+from tests.helpers import free_port
 
 # The registry suite's version fixtures (the F811 noqas below: pytest injects them by name).
 from tests.registry.conftest import make_version, peft_adapter, tiny_adapter_version, tiny_base  # noqa: F401

@@ -44,8 +44,7 @@ from inference.vllm_http import close_clients, load_adapter
 from registry.models import Alias
 from registry.services.aliases import model_promote
 from registry.services.base_models import base_model_register
-from tests.helpers import wait_until
-from tests.inference.conftest import free_port
+from tests.helpers import free_port, wait_until
 from tests.inference.fake_vllm_server import (
     CONTROL_DIR_ENV,
     CRASH,

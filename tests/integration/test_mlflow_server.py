@@ -13,7 +13,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from mlflow import MlflowClient
 
 from registry.models import Alias, AliasEvent, ModelVersion
 from registry.services.mlflow_sync import TAG_VERSION_ID, registry_sync
+from tests.helpers import free_port
 from tests.tuninglab.conftest import fake_base_model, hf_model_dir  # noqa: F401 - fixtures
 from tests.workers.conftest import fake_engine, make_training_file  # noqa: F401 - fake_engine is a fixture
 from tuninglab import dispatch
@@ -39,12 +39,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.django_db(
 
 READY_TIMEOUT_S = 90
 MLFLOW_CLI = Path(sys.executable).with_name("mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, skip_or_fail_in_ci, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
@@ -31,16 +30,7 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 def _require(binary: Path) -> None:
     if binary.exists():
         return
-    message = f"needs {binary} (Debian package `prometheus`: apt-get install prometheus)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}, and CI=true forbids skipping it")
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    skip_or_fail_in_ci(f"needs {binary} (Debian package `prometheus`: apt-get install prometheus)")
 
 
 def test_it_validates_deploy_prometheus_yml_with_promtool() -> None:
@@ -83,7 +73,7 @@ def prometheus_server(tmp_path: Path, live_server) -> Iterator[str]:
         if job["job_name"] == "tuninglab"
     ]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     argv = [
         str(PROMETHEUS),
         f"--config.file={tmp_path / 'prometheus.yml'}",

@@ -9,7 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from inference.vllm_http import close_clients
-from tests.inference.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.django_db
 INFERENCE_REQUESTS = [

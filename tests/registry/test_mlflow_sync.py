@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import threading
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from mlflow import MlflowClient
 from registry.models import Alias, Evaluation, ModelVersion, RunStatus
 from registry.services.mlflow_sync import TAG_VERSION_ID, mlflow_tracking_uri, registry_sync
 from registry.services.versions import model_version_create_from_job
+from tests.helpers import free_port
 from tests.workers.conftest import fake_engine, make_training_file  # noqa: F401 - fake_engine is a fixture
 from tuninglab import dispatch
 from tuninglab.task_names import SYNC_REGISTRY
@@ -100,12 +100,6 @@ def mirrored(version: ModelVersion) -> ModelVersion:
 def runs_of(version: ModelVersion) -> list:
     experiment = client().get_experiment_by_name(f"u{version.owner_id}.{version.registered_model.name}")
     return client().search_runs([experiment.experiment_id], filter_string=f"tags.`{TAG_VERSION_ID}` = '{version.id}'")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_it_defaults_to_an_embedded_store_under_the_data_dir_and_a_configured_uri_wins(settings):

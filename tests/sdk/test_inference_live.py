@@ -30,7 +30,7 @@ from tuninglab_sdk import (
 from inference.adapters import adapter_name
 from inference.models import ServingProcess
 from inference.vllm_http import close_clients
-from tests.inference.conftest import free_port
+from tests.helpers import free_port
 
 # The registry suite's version fixtures (the F811 noqas below: pytest injects them by name).
 from tests.registry.conftest import make_version, peft_adapter, tiny_adapter_version, tiny_base  # noqa: F401

@@ -28,6 +28,8 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import sync_playwright
 
+from tests.helpers import free_port, skip_or_fail_in_ci
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -56,22 +58,13 @@ pytestmark = pytest.mark.timeout(180)
 def _require_chromium() -> None:
     if CHROMIUM.exists():
         return
-    message = f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}, and CI=true forbids skipping it")
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    skip_or_fail_in_ci(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
 
 
 @pytest.fixture
 def gunicorn_server(tmp_path) -> Iterator[str]:
     """The app under gunicorn with DEBUG off and nothing collected; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DEBUG", "STATIC_ROOT"}}
     env.update(
         {

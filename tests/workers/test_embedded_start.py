@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
 from tuninglab import dispatch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,12 +52,6 @@ job = TuningJob.objects.create(
 )
 print(json.dumps({"job": job.id, "threads": [t.name for t in threading.enumerate()]}))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -121,7 +115,7 @@ def test_it_sweeps_a_job_left_running_as_soon_as_the_server_starts(tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{_free_port()}"],
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{free_port()}"],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
