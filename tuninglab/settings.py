@@ -46,6 +46,8 @@ INSTALLED_APPS = [
     "inference",
     "workers",
     "observability",  # /metrics: django-prometheus's request metrics and the lab's own
+    "webui",  # job and model pages (nothing imports it)
+    "playground",  # chat with served models through the gateway (nothing imports it)
 ]
 
 MIDDLEWARE = [
@@ -125,6 +127,11 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# Web pages (webui, playground) log in with Django's own views under /accounts/.
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/jobs/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))

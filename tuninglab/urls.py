@@ -51,4 +51,7 @@ urlpatterns = [
     path("", include("registry.urls")),
     path("", include("inference.urls")),
     path("", include("observability.urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("", include("webui.urls")),
+    path("playground/", include("playground.urls")),
 ]

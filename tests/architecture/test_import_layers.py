@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("lora_engine", "tuninglab", "registry", "tunings", "workers", "inference", "observability")
+PACKAGES = (
+    "lora_engine",
+    "tuninglab",
+    "registry",
+    "tunings",
+    "workers",
+    "inference",
+    "observability",
+    "webui",
+    "playground",
+)
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -54,6 +64,8 @@ def test_it_keeps_every_contract_on_the_real_tree() -> None:
         ("tuninglab/errors.py", "import registry.models", "tuninglab is not allowed to import registry"),
         ("workers/sweeper.py", "import inference.apis", "workers is not allowed to import inference"),
         ("inference/gateway.py", "import observability.collectors", "inference is not allowed to import observability"),
+        ("observability/views.py", "import webui.urls", "observability is not allowed to import webui"),
+        ("webui/urls.py", "import playground.urls", "webui is not allowed to import playground"),
         ("lora_engine/lora.py", "import tuninglab.env", "lora_engine is not allowed to import tuninglab"),
         ("lora_engine/data.py", "import django.conf", "lora_engine is not allowed to import django"),
         ("lora_engine/protocol.py", "import torch", "lora_engine.protocol is not allowed to import torch"),

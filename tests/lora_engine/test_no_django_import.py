@@ -18,7 +18,7 @@ import lora_engine
 
 PACKAGE_DIR = Path(lora_engine.__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-PROJECT_PACKAGES = ("tuninglab", "registry", "tunings", "workers", "inference", "observability")
+PROJECT_PACKAGES = ("tuninglab", "registry", "tunings", "workers", "inference", "observability", "webui", "playground")
 FORBIDDEN = (*PROJECT_PACKAGES, "django", "rest_framework", "drf_spectacular", "celery", "kombu")
 
 
