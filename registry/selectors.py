@@ -6,7 +6,16 @@ from typing import Any
 
 from django.db.models import Count, Max, Q, QuerySet
 
-from registry.models import Alias, AliasEvent, BaseModel, Comparison, Evaluation, ModelVersion, RegisteredModel
+from registry.models import (
+    Alias,
+    AliasEvent,
+    BaseModel,
+    Comparison,
+    Evaluation,
+    ModelVersion,
+    RegisteredModel,
+    VersionTraffic,
+)
 from tuninglab.errors import NotFoundError
 
 
@@ -179,3 +188,47 @@ def version_alias_event_list(*, version: ModelVersion) -> QuerySet[AliasEvent]:
         .select_related("alias", "from_version", "to_version", "actor")
         .order_by("-created_at", "-id")
     )
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"prefix.a.b": 1}``: nested metrics as one row each."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, inner in value.items():
+        out.update(_flat(f"{prefix}.{key}", inner))
+    return out
+
+
+def version_comparison_rows(*, versions: list[ModelVersion]) -> list[tuple[str, list[Any]]]:
+    """Versions side by side: one ``(row label, [value per version])`` per fact, metric and count.
+
+    Facts first (model, kind, base, job, aliases), then every metric any version has (training
+    metrics, the latest evaluation, the job's resolved hyperparameters, live traffic), so a
+    metric one version lacks shows as ``None`` in its column rather than shifting the others.
+    Expects ``registered_model``, ``base_model`` and ``job`` joined and ``aliases`` prefetched.
+    """
+    traffic = {row.version_id: row for row in VersionTraffic.objects.filter(version__in=versions)}
+    columns: list[dict[str, Any]] = []
+    for v in versions:
+        row = traffic.get(v.id)
+        column = {
+            "model": v.registered_model.name,
+            "version": f"v{v.version}",
+            "kind": v.kind,
+            "base model": v.base_model.name,
+            "job": v.job_id or "-",
+            "aliases": ", ".join(sorted(a.alias for a in v.aliases.all())) or "-",
+            "created": v.created_at.strftime("%Y-%m-%d %H:%M"),
+            **_flat("metrics", v.metrics or {}),
+            **_flat("evaluation", v.evaluation or {}),
+            **_flat("hyperparameters", (v.job.resolved_hyperparameters if v.job else None) or {}),
+            "traffic.requests": row.requests if row else 0,
+            "traffic.errors": row.errors if row else 0,
+            "traffic.mean_latency_ms": round(row.mean_latency_ms, 2) if row and row.mean_latency_ms else None,
+        }
+        columns.append(column)
+    labels: list[str] = []
+    for column in columns:
+        labels += [label for label in column if label not in labels]
+    return [(label, [column.get(label) for column in columns]) for label in labels]

@@ -22,6 +22,25 @@ def skip_or_fail_in_ci(message: str) -> None:
     pytest.skip(message)
 
 
+# Debian's Chromium, driven by Playwright in the browser tests (tests/browser, the Swagger UI test).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+def require_chromium() -> None:
+    """Skip without Debian's Chromium locally; fail under ``CI=true`` (scripts/run_tests.sh installs it)."""
+    if not CHROMIUM.exists():
+        skip_or_fail_in_ci(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on right now (for a server a test starts)."""
     with socket.socket() as sock:

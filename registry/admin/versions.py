@@ -15,11 +15,14 @@ from django.utils.html import format_html, format_html_join
 
 from registry.admin.html import change_link, history_table, json_block
 from registry.models import Alias, AliasEvent, Evaluation, ModelVersion, RegisteredModel
-from registry.selectors import model_version_list, version_alias_event_list
+from registry.selectors import model_version_list, version_alias_event_list, version_comparison_rows
 from registry.services.aliases import model_promote, model_rollback
 from registry.services.traffic import traffic_summary
 from tuninglab.admin_base import ReadOnlyInline, ReadOnlyModelAdmin
 from tuninglab.errors import ApiError
+
+# Columns of the comparison page: more than this is no longer readable side by side.
+MAX_COMPARED = 6
 
 
 class AliasMoveForm(forms.Form):
@@ -100,7 +103,7 @@ class ModelVersionAdmin(AliasMoveAdmin):
     list_filter = ["kind", "base_model", ("owner", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["id", "registered_model__name", "owner__username", "job__id"]
     list_select_related = ["registered_model", "owner", "base_model", "job"]
-    actions = ["promote_versions"]
+    actions = ["compare_versions", "promote_versions"]
     inlines = [VersionEvaluationInline]
     fieldsets = [
         (None, {"fields": ["id", "model_display", "version", "kind", "owner", "aliases_display", "job"]}),
@@ -149,6 +152,25 @@ class ModelVersionAdmin(AliasMoveAdmin):
     @admin.display(description="alias moves")
     def alias_history(self, obj: ModelVersion) -> str:
         return history_table(list(version_alias_event_list(version=obj)))
+
+    @admin.action(description="Compare the selected versions side by side", permissions=["view"])
+    def compare_versions(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        versions = list(
+            queryset.select_related("registered_model", "base_model", "job")
+            .prefetch_related("aliases")
+            .order_by("registered_model__name", "version")[: MAX_COMPARED + 1]
+        )
+        if not 2 <= len(versions) <= MAX_COMPARED:
+            self.message_user(request, f"Select 2 to {MAX_COMPARED} versions to compare.", messages.ERROR)
+            return None
+        return self._action_page(
+            request,
+            "admin/registry/modelversion/compare.html",
+            "compare_versions",
+            title="Compare versions",
+            versions=versions,
+            rows=version_comparison_rows(versions=versions),
+        )
 
     @admin.action(description="Promote the selected version to an alias…", permissions=["operate"])
     def promote_versions(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:

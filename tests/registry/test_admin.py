@@ -264,3 +264,37 @@ def test_it_lists_and_shows_registry_pages_in_a_fixed_number_of_queries(
         model_promote(owner=user, name="bot", version=target, alias=alias.alias, actor=user)
 
     assert {url: _queries(admin_client, url) for url in urls} == one
+
+
+# --- version comparison ------------------------------------------------------------------------
+
+
+def test_it_compares_versions_side_by_side_with_a_row_per_metric(admin_client, tiny_adapter_version):
+    v1, v2 = tiny_adapter_version(), tiny_adapter_version(rank=4)
+    ModelVersion.objects.filter(pk=v2.pk).update(
+        metrics={"final_loss": 0.5, "eval": {"loss": 0.75}}, evaluation={"rouge_l": 0.9}
+    )
+    model_promote(owner=v1.owner, name="bot", version=2)
+
+    page = _action(admin_client, ModelVersion, "compare_versions", [v1, v2])
+
+    assert page.status_code == 200
+    rows = dict(page.context["rows"])
+    assert rows["version"] == ["v1", "v2"]
+    assert rows["metrics.final_loss"] == [1.25, 0.5]
+    assert rows["metrics.eval.loss"] == [None, 0.75]  # a metric one version lacks: an empty cell
+    assert rows["evaluation.rouge_l"] == [None, 0.9]
+    assert rows["aliases"] == ["-", "production"]
+    assert rows["hyperparameters.max_steps"] == [3, 3]
+    assert rows["traffic.requests"] == [0, 0]
+    html = page.content.decode()
+    assert 'id="version-comparison"' in html and "<th>metrics.eval.loss</th>" in html
+
+
+def test_it_refuses_to_compare_a_single_version(admin_client, tiny_adapter_version):
+    v1 = tiny_adapter_version()
+
+    page = _action(admin_client, ModelVersion, "compare_versions", [v1])
+
+    assert "Select 2 to 6 versions to compare." in _messages(page)
+    assert "rows" not in page.context

@@ -28,19 +28,9 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import sync_playwright
 
-from tests.helpers import free_port, skip_or_fail_in_ci
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, free_port, require_chromium
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 # Operations of each app that Swagger UI must list (their paths as the schema spells them).
 EXPECTED_PATHS = [
@@ -53,12 +43,6 @@ EXPECTED_PATHS = [
 ]
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    skip_or_fail_in_ci(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
 
 
 @pytest.fixture
@@ -104,7 +88,7 @@ def gunicorn_server(tmp_path) -> Iterator[str]:
 
 
 def test_it_lists_the_operations_in_swagger_ui_with_no_request_leaving_the_machine(gunicorn_server):
-    _require_chromium()
+    require_chromium()
     requested: list[str] = []
     refused: list[str] = []
 
