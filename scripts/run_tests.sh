@@ -30,6 +30,16 @@ if [[ "${CI:-}" == "true" && ! -x /usr/bin/promtool ]]; then
   service prometheus stop >/dev/null 2>&1 || true
 fi
 
+# The Grafana dashboard's schema check (tests/observability/test_grafana_dashboard.py) type-checks
+# deploy/grafana/tuninglab.json with tsc against Grafana's published schema package; it skips
+# without them locally and fails under CI=true, so CI installs them here (pinned, from npm).
+GRAFANA_SCHEMA_DIR="${GRAFANA_SCHEMA_DIR:-/opt/grafana-schema}"
+if [[ "${CI:-}" == "true" && ! -d "$GRAFANA_SCHEMA_DIR/node_modules/@grafana/schema" ]]; then
+  echo "== installing @grafana/schema and TypeScript for the dashboard schema check"
+  npm install --prefix "$GRAFANA_SCHEMA_DIR" --no-audit --no-fund --loglevel=error @grafana/schema@13.2.3 typescript@5.9.3
+fi
+export GRAFANA_SCHEMA_DIR
+
 echo "== pytest on SQLite (embedded default, in-process worker)"
 # Tests marked postgres/redis need the real services; they run in the second pass.
 env -u DATABASE_URL -u REDIS_URL $BIN/pytest -m "not postgres and not redis" "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views.defaults import page_not_found, server_error
@@ -51,7 +52,16 @@ urlpatterns = [
     path("", include("registry.urls")),
     path("", include("inference.urls")),
     path("", include("observability.urls")),
-    path("accounts/", include("django.contrib.auth.urls")),
+    # Login for the web pages; no password reset by e-mail (no mail server is assumed): an
+    # operator sets a password with `manage.py changepassword <user>`.
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path(
+        "accounts/password_change/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
     path("", include("webui.urls")),
     path("playground/", include("playground.urls")),
 ]

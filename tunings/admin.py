@@ -23,11 +23,14 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from tuninglab.admin_base import ReadOnlyInline, ReadOnlyModelAdmin
+from tuninglab.charts import line_chart_svg
 from tuninglab.errors import ConflictError
 from tunings.models import Checkpoint, JobEvent, TrainingFile, TuningJob
+from tunings.selectors.curves import job_curve_points
 from tunings.services.retry import RETRYABLE, tuning_job_retry, tuning_job_set_priority
 from tunings.services.state import tuning_job_cancel
 
@@ -36,11 +39,15 @@ VALIDATION_ERRORS_SHOWN = 100
 
 
 class LatestEventsFormSet(BaseInlineFormSet):
-    """Only the newest ``EVENTS_SHOWN`` events, oldest first (a long run logs thousands)."""
+    """Only the newest ``EVENTS_SHOWN`` message events, oldest first (a long run logs thousands).
+
+    Metrics events (one per step) are drawn as the curves above, not listed as raw JSON rows:
+    listing them made a job's page thousands of pixels tall.
+    """
 
     def get_queryset(self) -> QuerySet:
         if not hasattr(self, "_latest_events"):
-            base = super().get_queryset()
+            base = super().get_queryset().filter(type=JobEvent.Type.MESSAGE)
             newest = list(base.order_by("-seq").values_list("pk", flat=True)[:EVENTS_SHOWN])
             self._latest_events = base.filter(pk__in=newest).order_by("seq")
         return self._latest_events
@@ -49,8 +56,9 @@ class LatestEventsFormSet(BaseInlineFormSet):
 class JobEventInline(ReadOnlyInline):
     model = JobEvent
     formset = LatestEventsFormSet
-    fields = ["created_at", "level", "type", "message", "data"]
-    verbose_name_plural = f"events (newest {EVENTS_SHOWN}, oldest first)"
+    fields = ["created_at", "level", "message", "data"]
+    verbose_name_plural = f"events (newest {EVENTS_SHOWN} messages, oldest first; metrics are the curves above)"
+    classes = ["collapse"]
 
 
 class CheckpointInline(ReadOnlyInline):
@@ -85,7 +93,21 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
     inlines = [CheckpointInline, JobEventInline]
     actions = ["cancel_jobs", "retry_jobs", "change_priority"]
     fieldsets = [
-        (None, {"fields": ["id", "owner", "status", "cancel_requested", "fine_tuned_model", "error_display"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "owner",
+                    "job_page_link",
+                    "status",
+                    "cancel_requested",
+                    "fine_tuned_model",
+                    "error_display",
+                ]
+            },
+        ),
+        ("Curves", {"fields": ["curves_display"]}),
         (
             "Request",
             {
@@ -125,6 +147,7 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
         (
             "Execution",
             {
+                "classes": ["collapse"],
                 "fields": [
                     "priority",
                     "queue",
@@ -138,7 +161,7 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
                     "updated_at",
                     "started_at",
                     "finished_at",
-                ]
+                ],
             },
         ),
     ]
@@ -146,6 +169,22 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
     @admin.display(description="progress", ordering="progress")
     def progress_display(self, obj: TuningJob) -> str:
         return f"{obj.progress:.0f}%"
+
+    @admin.display(description="job page")
+    def job_page_link(self, obj: TuningJob) -> str:
+        # The page is the owner's (owner-scoped like the API): other users, staff included, get a 404.
+        url = reverse("webui:job-detail", args=[obj.pk])
+        return format_html('<a href="{}">{}</a> (visible to its owner only)', url, url)
+
+    @admin.display(description="loss and learning rate")
+    def curves_display(self, obj: TuningJob) -> str:
+        curves = job_curve_points(job=obj)
+        loss = line_chart_svg(
+            {"train": curves["train"], "eval": curves["eval"]}, title="Loss", x_label="step", y_label="loss"
+        )
+        lr = line_chart_svg({"lr": curves["lr"]}, title="Learning rate", x_label="step", y_label="lr", height=200)
+        # line_chart_svg escapes every text it writes (titles, series names); the numbers are floats.
+        return mark_safe(f'<div class="job-curves">{loss}{lr}</div>')  # noqa: S308
 
     @admin.display(description="error")
     def error_display(self, obj: TuningJob) -> str:

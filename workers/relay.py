@@ -2,7 +2,8 @@
 
 The child speaks ``lora_engine.protocol``; this module is the worker's half of it: metrics
 become progress columns plus at most one metrics event per step, messages become events,
-checkpoints become ``Checkpoint`` rows (the rows of directories the engine pruned go), and the
+checkpoints become ``Checkpoint`` rows (the rows of directories the engine pruned go; the time
+since the step's metrics line goes to the worker's checkpoint write histogram), and the
 terminal lines (``stopped``, ``error``, ``done``) are kept for the runner to settle the attempt with.
 
 Metrics are written in batches: a fast run prints a line per step, and a progress UPDATE plus
@@ -27,6 +28,7 @@ from tunings.models import JobEvent
 from tunings.services.cleanup import checkpoint_rows_prune
 from tunings.services.jobs import job_metrics_events_add
 from tunings.services.state import checkpoint_record, tuning_job_record_progress
+from workers import celery_metrics
 from workers.fencing import FencedWriter
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,12 @@ class LineRelay:
         *,
         write_interval_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        queue: str = "",
     ) -> None:
         self.writer = writer
+        self.queue = queue
+        # (step, when its metrics line arrived): the engine writes a checkpoint right after it.
+        self.last_metrics_arrival: tuple[int, float] | None = None
         self.done_line: dict[str, Any] | None = None
         self.error_line: dict[str, Any] | None = None
         self.stopped_line: dict[str, Any] | None = None
@@ -80,6 +86,11 @@ class LineRelay:
         """Record one line. Raises LeaseLost when the attempt lost the job, DatabaseError after retries."""
         obj = line.obj
         kind = obj["type"] if obj is not None else None
+        arrived = self.clock()
+        if kind == protocol.CHECKPOINT:
+            self._observe_checkpoint_write(obj, arrived)  # before the flush below adds its own time
+        elif kind == protocol.METRICS:
+            self.last_metrics_arrival = (int(obj.get("step") or 0), arrived)
         # A terminal line is kept before anything is written: a failed write must not lose it.
         if kind == protocol.STOPPED:
             self.stopped_line = obj
@@ -152,6 +163,13 @@ class LineRelay:
         self.last_flush = self.clock()
         self.pending_fields.clear()
         del self.pending_events[: len(events)]
+
+    def _observe_checkpoint_write(self, c: dict[str, Any], arrived: float) -> None:
+        """The engine prints a step's metrics line, then writes its checkpoint, then prints the
+        checkpoint line: the time between the two arrivals is the write (when that step printed
+        metrics; a step that did not has nothing to measure from)."""
+        if self.last_metrics_arrival is not None and self.last_metrics_arrival[0] == int(c.get("step") or 0):
+            celery_metrics.observe_checkpoint_write(self.queue, arrived - self.last_metrics_arrival[1])
 
     def _on_checkpoint(self, c: dict[str, Any]) -> None:
         writer = self.writer

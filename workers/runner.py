@@ -62,6 +62,7 @@ from tunings.services.state import (
     tuning_job_release_lease,
     tuning_job_succeed,
 )
+from workers import celery_metrics
 from workers import child as child_mod
 from workers.fencing import FencedWriter, LeaseLost
 from workers.job_config import JobPaths, build_train_config, deleted_input_file, job_paths
@@ -147,7 +148,8 @@ def run_job(job_id: str | None, *, worker_id: str, queue: str | None = None) -> 
         log.info("wake-up (%s, queue=%s) on %s: nothing to claim", job_id, queue, worker_id)
         return None
     try:
-        JobRunner(job, worker_id=worker_id).run()
+        with celery_metrics.job_running(job.queue):
+            JobRunner(job, worker_id=worker_id).run()
     except Exception:
         # Unexpected (a bug, or the database went away): the lease will expire and the
         # sweeper re-queues the job. Logged, not raised, so the worker takes the next one.
@@ -175,7 +177,7 @@ class JobRunner:
         self.child: child_mod.TrainingChild | None = None
         self.keeper: LeaseKeeper | None = None
         self.writer = FencedWriter(job_id=job.id, token=job.fencing_token, on_lost=self._on_fenced_out)
-        self.relay = LineRelay(self.writer)
+        self.relay = LineRelay(self.writer, queue=job.queue)
         self.started = time.monotonic()
         # Cancel handling.
         self.cancel_seen = False

@@ -21,8 +21,12 @@ from tuninglab.task_names import (
     SYNC_REGISTRY,
 )
 from tunings.services.cleanup import cleanup_run
+from workers.celery_metrics import connect_signals
 from workers.runner import run_job, worker_identity
 from workers.sweeper import sweep
+
+# Every worker imports this module: task counters, and the metrics port when one is set.
+connect_signals()
 
 
 @shared_task(

@@ -16,6 +16,7 @@ from tuninglab.models import ApiKey, IdempotencyRecord
 from tuninglab.selectors import hash_key
 from tuninglab.services import api_key_create
 from tunings.models import Checkpoint, JobEvent, TrainingFile, TuningJob
+from tunings.services.jobs import job_metrics_events_add
 from tunings.services.state import job_event_add
 
 pytestmark = pytest.mark.django_db
@@ -322,3 +323,26 @@ def test_it_offers_add_pages_only_where_a_service_creates_the_row(admin_client):
     assert admin_client.get(_url(BaseModel, "add")).status_code == 200
     for model in (TuningJob, TrainingFile, ModelVersion, Alias, AliasEvent, IdempotencyRecord):
         assert admin_client.get(_url(model, "add")).status_code == 403, model.__name__
+
+
+def test_it_draws_the_curves_and_lists_only_messages_on_the_job_page(
+    admin_client, make_job, django_assert_max_num_queries
+):
+    job = make_job(S.RUNNING)
+    samples = [
+        ("metrics", {"step": i, "loss": 2.0 / i, "lr": 1e-4, "eval_loss": 1.0 if i % 100 == 0 else None})
+        for i in range(1, 501)
+    ]
+    job_metrics_events_add(job_id=job.id, samples=samples)
+    job_event_add(job_id=job.id, message="<b>started</b>")
+
+    with django_assert_max_num_queries(25):
+        html = admin_client.get(_url(TuningJob, "change", job.pk)).content.decode()
+
+    # One polyline per curve, with every point: 500 train, 5 eval, 500 lr.
+    drawn = dict(re.findall(r'data-series="(\w+)" data-points="(\d+)"', html))
+    assert drawn == {"train": "500", "eval": "5", "lr": "500"}
+    # The metrics events are the curves, not 500 rows of raw JSON; the message is listed, escaped.
+    assert "&quot;loss&quot;" not in html and '"loss"' not in html
+    assert "&lt;b&gt;started&lt;/b&gt;" in html and "<b>started</b>" not in html
+    assert f'href="/jobs/{job.pk}/"' in html

@@ -24,6 +24,7 @@ from registry.models import RunStatus
 from registry.selectors import evaluation_dataset_get, model_version_get
 from registry.services.evaluations import comparison_create
 from registry.services.traffic import traffic_summary
+from tuninglab.command_progress import activity, add_progress_arguments
 from tuninglab.errors import ApiError
 
 BASE = "base"
@@ -80,6 +81,7 @@ class Command(BaseCommand):
             action="store_true",
             help="Print both sides' live traffic counters from the inference gateway (alone: no evaluation).",
         )
+        add_progress_arguments(parser)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if not opts["file_id"] and not opts["live"]:
@@ -121,7 +123,9 @@ class Command(BaseCommand):
             return
         if not opts["wait"]:
             self.stdout.write("No broker (embedded mode): running the comparison in this process.")
-        comparison = comparison_run(comparison_id=comparison.id) or comparison
+        # The comparison reports no per-example progress: show that it is alive and for how long.
+        with activity(f"comparing {opts['name']}", force=opts["progress"], stream=self.stderr):
+            comparison = comparison_run(comparison_id=comparison.id) or comparison
         comparison.refresh_from_db()
         if opts["markdown"]:
             self.stdout.write(comparison_markdown(comparison))

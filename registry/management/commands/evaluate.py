@@ -20,6 +20,7 @@ from registry.management.command_helpers import owner_by_username
 from registry.models import RunStatus
 from registry.selectors import evaluation_dataset_get, model_version_get
 from registry.services.evaluations import evaluation_create
+from tuninglab.command_progress import activity, add_progress_arguments
 from tuninglab.errors import ApiError
 
 
@@ -36,6 +37,7 @@ class Command(BaseCommand):
         parser.add_argument("--max-new-tokens", type=int, default=None, help="Longest generated answer (tokens).")
         parser.add_argument("--queue", default="cpu", help="Worker queue: cpu or gpu.")
         parser.add_argument("--wait", action="store_true", help="Run it here and print the metrics.")
+        add_progress_arguments(parser)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         owner = owner_by_username(opts["owner"])
@@ -60,7 +62,9 @@ class Command(BaseCommand):
             return
         if not opts["wait"]:
             self.stdout.write("No broker (embedded mode): running the evaluation in this process.")
-        evaluation = evaluation_run(evaluation_id=evaluation.id) or evaluation
+        # The evaluation reports no per-example progress: show that it is alive and for how long.
+        with activity(f"evaluating {subject}", force=opts["progress"], stream=self.stderr):
+            evaluation = evaluation_run(evaluation_id=evaluation.id) or evaluation
         evaluation.refresh_from_db()
         self.stdout.write(
             f"Evaluation {evaluation.id} of {subject} on {evaluation.dataset.filename} "

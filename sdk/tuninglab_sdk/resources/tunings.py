@@ -212,13 +212,13 @@ class Tunings:
         progress: bool | IO[str] = True,
         request_timeout: TimeoutTypes = NOT_GIVEN,
     ) -> TuningJob:
-        """Poll until the job is terminal, showing a progress bar (status, loss, %, ETA).
+        """Poll until the job is terminal, showing a progress bar (status, loss, step/total, ETA).
 
         Args:
             timeout: seconds to wait in total (None: forever).
             poll_interval: seconds between polls.
             progress: show the bar (tqdm if installed, else a text line) on stderr, or on the
-                text stream given here; False for none.
+                text stream given here; False for none (a service that waits for jobs).
             request_timeout: per-request HTTP timeout.
 
         Returns:

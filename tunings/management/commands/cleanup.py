@@ -14,6 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from tuninglab.command_progress import activity, add_progress_arguments
 from tunings.services.cleanup import cleanup_run
 
 
@@ -30,9 +31,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="List what would be deleted; delete nothing.")
+        add_progress_arguments(parser)
 
-    def handle(self, *args: Any, dry_run: bool, **options: Any) -> None:
-        report = cleanup_run(dry_run=dry_run)
+    def handle(self, *args: Any, dry_run: bool, progress: bool | None, **options: Any) -> None:
+        # Deleting large job directories can take a while, and the service reports no progress.
+        with activity("cleanup", force=progress, stream=self.stderr):
+            report = cleanup_run(dry_run=dry_run)
         verb = "would delete" if dry_run else "deleted"
         for removal in report.removals:
             self.stdout.write(f"{verb} {removal.kind} {removal.path} ({_size(removal.bytes)})")

@@ -54,6 +54,7 @@ from lora_engine.tiny_model import ASSETS_DIR, build_tiny_model
 from registry.models import Alias
 from registry.services.aliases import DEFAULT_ALIAS
 from registry.services.base_models import base_model_register
+from tuninglab.command_progress import add_progress_arguments, bar
 from tuninglab.logfiles import tail_lines
 from tuninglab.services import api_key_create, user_get_or_create
 from tunings.models import JobEvent, TuningJob
@@ -105,6 +106,7 @@ class Command(BaseCommand):
             default=300,
             help="give up when vLLM is not ready after this many seconds (default 300)",
         )
+        add_progress_arguments(parser)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         started = time.monotonic()
@@ -117,7 +119,7 @@ class Command(BaseCommand):
         training_file = self._upload(user)
         job = self._create_job(user, training_file, steps=opts["steps"])
         self.stdout.write(f"Job {job.id} queued (base {base.name}, file {training_file.id}); training...")
-        job = self._follow(job.id, timeout=opts["timeout"])
+        job = self._follow(job.id, timeout=opts["timeout"], progress=opts["progress"])
 
         self.stdout.write("")
         self.stdout.write(f"status:           {job.status}")
@@ -208,26 +210,43 @@ class Command(BaseCommand):
             payload["hyperparameters"] = {"max_steps": steps}
         return tuning_job_create(owner=user, spec=job_spec_from_payload(payload))
 
-    def _follow(self, job_id: str, *, timeout: float) -> Any:
+    def _follow(self, job_id: str, *, timeout: float, progress: bool | None = None) -> Any:
+        """Poll the job until it ends: a step bar on stderr (a terminal, or ``--progress``), else
+        one stdout line per new step."""
         deadline = time.monotonic() + timeout
         last = (None, -1)
-        while True:
-            job = TuningJob.objects.get(id=job_id)
-            if (job.status, job.current_step) != last:
-                last = (job.status, job.current_step)
-                if job.status == job.Status.RUNNING and job.current_step:
-                    loss = f"{job.current_loss:.4f}" if job.current_loss is not None else "n/a"
-                    eta = f"{job.eta_seconds:.0f}s" if job.eta_seconds is not None else "?"
-                    self.stdout.write(
-                        f"  step {job.current_step:>3}/{job.total_steps}  loss {loss}  {job.progress:5.1f}%  eta {eta}"
-                    )
-                else:
-                    self.stdout.write(f"  [{job.status}]")
-            if job.is_terminal:
-                return job
-            if time.monotonic() > deadline:
-                raise CommandError(f"the demo job did not finish within {timeout:.0f}s (it is {job.status})")
-            time.sleep(0.5)
+        steps = bar(total=None, desc="training", force=progress, stream=self.stderr, unit="step")
+        try:
+            while True:
+                job = TuningJob.objects.get(id=job_id)
+                if (job.status, job.current_step) != last:
+                    last = (job.status, job.current_step)
+                    self._report(job, steps)
+                if job.is_terminal:
+                    return job
+                if time.monotonic() > deadline:
+                    raise CommandError(f"the demo job did not finish within {timeout:.0f}s (it is {job.status})")
+                time.sleep(0.5)
+        finally:
+            steps.close()
+
+    def _report(self, job: Any, steps: Any) -> None:
+        loss = f"{job.current_loss:.4f}" if job.current_loss is not None else "n/a"
+        # The worker's ETA (steps left x its step time), not tqdm's rate guess over our polls.
+        eta = f"{job.eta_seconds:.0f}s" if job.eta_seconds is not None else "?"
+        running = job.status == job.Status.RUNNING and job.current_step
+        if not steps.disable:
+            if job.total_steps:
+                steps.total = job.total_steps
+            steps.n = job.current_step or 0
+            steps.set_postfix_str(f"loss={loss} eta={eta}" if running else str(job.status), refresh=False)
+            steps.refresh()
+        elif running:
+            self.stdout.write(
+                f"  step {job.current_step:>3}/{job.total_steps}  loss {loss}  {job.progress:5.1f}%  eta {eta}"
+            )
+        else:
+            self.stdout.write(f"  [{job.status}]")
 
     # --- serving -------------------------------------------------------------------------
 
