@@ -27,7 +27,7 @@ from inference.models import ServingProcess, ShadowRecord
 from inference.services.routes import route_delete, route_get, route_set, route_to_dict
 from registry.models import ModelVersion
 from registry.selectors import registered_model_get
-from registry.services.traffic import traffic_summary
+from registry.services.traffic import traffic_summaries
 from tuninglab.errors import InvalidRequestError
 from tuninglab.pagination import parse_limit
 
@@ -125,8 +125,9 @@ class ModelTrafficApi(APIView):
     @extend_schema(responses=_OBJECT)
     def get(self, request: Request, name: str) -> Response:
         registered = registered_model_get(owner=request.user, name=name)
-        versions = ModelVersion.objects.filter(registered_model=registered).order_by("version")
-        data = [{"version": v.version, **traffic_summary(v)} for v in versions]
+        versions = list(ModelVersion.objects.filter(registered_model=registered).order_by("version"))
+        summaries = traffic_summaries(versions)
+        data = [{"version": v.version, **summaries[v.id]} for v in versions]
         return Response({"object": "list", "model": registered.name, "data": data})
 
 

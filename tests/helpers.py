@@ -35,6 +35,12 @@ CHROMIUM_ARGS = [
 ]
 
 
+# Where the browser tests save their screenshots (README, "Quickstart"; the folder for CI to keep).
+SCREENSHOTS = Path(
+    os.environ.get("TUNINGLAB_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots")
+)
+
+
 def require_chromium() -> None:
     """Skip without Debian's Chromium locally; fail under ``CI=true`` (scripts/run_tests.sh installs it)."""
     if not CHROMIUM.exists():

@@ -18,7 +18,7 @@ from inference.services.routes import route_get, route_to_dict
 from registry.evaluation.report import METRIC_LABELS, TABLE_METRICS
 from registry.models import Alias, Evaluation, ModelVersion, RegisteredModel, RunStatus
 from registry.selectors import alias_list, model_version_list, registered_model_list
-from registry.services.traffic import traffic_summary
+from registry.services.traffic import traffic_summaries
 from tuninglab.charts import line_chart_svg, stacked_svg
 from tuninglab.errors import NotFoundError
 from tunings.models import JobEvent, TuningJob
@@ -329,6 +329,7 @@ def model_live(*, owner: Any, registered: RegisteredModel) -> dict[str, Any]:
     if newest is not None:
         add(newest, "latest")
     total_weight = sum(weights.values())
+    summaries = traffic_summaries(objects.values())
     versions = []
     for number in sorted(objects):
         versions.append(
@@ -339,7 +340,7 @@ def model_live(*, owner: Any, registered: RegisteredModel) -> dict[str, Any]:
                 "share": round(100.0 * weights[number] / total_weight, 1)
                 if number in weights and total_weight
                 else None,
-                **traffic_summary(objects[number]),
+                **summaries[objects[number].id],
             }
         )
     return {

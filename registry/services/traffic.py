@@ -7,6 +7,8 @@ requests add to the same row without losing counts because every column is updat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -45,9 +47,7 @@ def traffic_touch(*, version_id: str) -> None:
     VersionTraffic.objects.filter(version_id=version_id).update(last_request_at=timezone.now())
 
 
-def traffic_summary(version: ModelVersion) -> dict[str, float | int | None]:
-    """The version's counters as a plain dict (zeros when it never served a request)."""
-    row = VersionTraffic.objects.filter(version=version).first() or VersionTraffic(version=version)
+def _summary(row: VersionTraffic) -> dict[str, float | int | None]:
     return {
         "requests": row.requests,
         "errors": row.errors,
@@ -60,3 +60,15 @@ def traffic_summary(version: ModelVersion) -> dict[str, float | int | None]:
         "shadow_errors": row.shadow_errors,
         "last_request_at": int(row.last_request_at.timestamp()) if row.last_request_at else None,
     }
+
+
+def traffic_summaries(versions: Iterable[ModelVersion]) -> dict[str, dict[str, float | int | None]]:
+    """Each version's counters by version id, in one query (zeros for a version never called)."""
+    versions = list(versions)
+    rows = {row.version_id: row for row in VersionTraffic.objects.filter(version__in=versions)}
+    return {v.id: _summary(rows.get(v.id) or VersionTraffic(version=v)) for v in versions}
+
+
+def traffic_summary(version: ModelVersion) -> dict[str, float | int | None]:
+    """The version's counters as a plain dict (zeros when it never served a request)."""
+    return traffic_summaries([version])[version.id]

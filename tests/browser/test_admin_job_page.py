@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.browser.test_job_page import SCREENSHOTS
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium
 from tunings.models import TuningJob
 from tunings.services.jobs import job_metrics_events_add
 from tunings.services.state import job_event_add

@@ -12,20 +12,15 @@ CI keeps that folder (README, "Tests").
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 
 import pytest
 from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, require_chromium, wait_until
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium, wait_until
 from tunings.models import TuningJob
 from workers.runner import run_job
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = Path(os.environ.get("TUNINGLAB_SCREENSHOT_DIR", REPO_ROOT / "test-artifacts" / "screenshots"))
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.django_db(transaction=True)]
 

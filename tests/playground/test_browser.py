@@ -6,9 +6,6 @@ Screenshots go to ``test-artifacts/screenshots/`` (``TUNINGLAB_SCREENSHOT_DIR`` 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from django.conf import settings
 from django.db import connections
@@ -17,11 +14,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from playground.models import ChatMessage
 from playground.services import chat_session_create
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, require_chromium, wait_until
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium, wait_until
 from tuninglab.errors import ServiceUnavailableError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = Path(os.environ.get("TUNINGLAB_SCREENSHOT_DIR", REPO_ROOT / "test-artifacts" / "screenshots"))
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.django_db(transaction=True)]
 

@@ -7,9 +7,7 @@ Screenshots go to ``test-artifacts/screenshots/`` (``TUNINGLAB_SCREENSHOT_DIR`` 
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 
 import pytest
 from django.db import connections
@@ -18,13 +16,10 @@ from playwright.sync_api import expect, sync_playwright
 from registry.models import Alias
 from registry.services.aliases import model_promote
 from registry.services.traffic import traffic_record
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium
 from tests.webui.conftest import metrics_sample
 from tunings.services.jobs import job_metrics_events_add
 from tunings.services.state import job_event_add, tuning_job_fail
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = Path(os.environ.get("TUNINGLAB_SCREENSHOT_DIR", REPO_ROOT / "test-artifacts" / "screenshots"))
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.django_db(transaction=True)]
 
