@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 
-.PHONY: venv vllm demo test test-sqlite test-postgres lint format clean
+.PHONY: venv vllm demo test test-sqlite test-postgres lint format clean bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,12 @@ demo: venv
 ## test: lint, then the suites on SQLite, then on PostgreSQL + Redis when DATABASE_URL/REDIS_URL are set.
 test: venv
 	./scripts/run_tests.sh
+
+## bench: every benchmark in one run (tables on stdout, JSON in benchmarks/results/; docs/benchmarks.md).
+## Serving and publish latency need .venv-vllm (`make vllm`); the control plane needs PostgreSQL + Redis.
+BENCHMARKS ?= lora_layer train_step serving publish_latency control_plane
+bench: venv vllm
+	for name in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$name || exit 1; done
 
 ## lint: ruff (lint + format check) and the import-layer contracts (lint-imports).
 lint: venv

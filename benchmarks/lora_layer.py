@@ -1,41 +1,58 @@
-"""Benchmark: forward+backward overhead of our LoRALinear vs PEFT's lora.Linear.
+"""Benchmark: one LoRA layer, our LoRALinear vs PEFT's lora.Linear vs the bare frozen linear.
 
-Both wrap the same frozen bare ``nn.Linear`` (fp32, no bias, 512 tokens). Each round
-times one forward+backward of the bare linear, ours (fused path), ours on its general
-path (the one quantized or hooked bases take) and PEFT's, interleaved so machine noise
-from other processes hits all of them alike; the reported overhead is the median over
-rounds of ``time(variant) / time(bare) - 1``. The input requires grad, as inside a
-model, so the bare linear's backward computes the input gradient.
+All variants wrap the same frozen bare ``nn.Linear`` (fp32, CPU, no bias, 512 tokens, the
+input requires grad as inside a model, so the bare layer's backward computes the input
+gradient too). Three measurements per cell of the grid (shapes 4096x4096 and 2048x8192,
+ranks 8/16/64, dropout 0 and 0.05):
 
-Run: ``.venv/bin/python -m benchmarks.lora_layer [--repeats N] [--warmup N] [--quick]``.
-Prints a table and writes ``benchmarks/results/lora_layer.json``.
+- **time**, forward+backward: each round runs one step of every variant in turn (bare,
+  ours, ours on its general path, PEFT, and with dropout ours with the ``"bits"`` mask), so
+  load from other processes hits all alike; the overhead is the median over rounds of
+  ``time(variant) / time(bare) - 1``, with the 10th/90th percentile of that ratio as spread.
+- **peak memory**, forward+backward: the highest total of bytes the CPU allocator holds during
+  one step above what it held when the step started, from ``torch.profiler`` allocation and
+  free events (``profile_memory=True``; every tensor the step allocates: activations saved
+  for backward, temporaries, gradients). Deterministic, so one step per variant.
+- **inference** (forward only, ``no_grad``, eval mode): ours unmerged and PEFT unmerged against
+  ours merged (``W' = W + s·B A``) and the bare layer, interleaved the same way.
+
+With ``--cpu-time`` the steps run on one thread and are timed by that thread's CPU time
+(``time.thread_time``): time spent descheduled by other processes does not count, so the
+ratios hold on a busy machine (cache and memory-bandwidth sharing still do).
+
+Run: ``.venv/bin/python -m benchmarks.lora_layer [--repeats N] [--warmup N] [--quick] [--profile] [--cpu-time]``.
+Prints the tables and writes ``benchmarks/results/lora_layer.json`` (``benchmarks.common``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as PeftLinear
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
-from lora_engine.fsio import atomic_write_text
+from benchmarks.common import machine, percentile, summary, table, write_result
 from lora_engine.lora import LoRALinear
 
-RESULTS = Path(__file__).resolve().parent / "results" / "lora_layer.json"
+NAME = "lora_layer"
 TOKENS = 512
-SHAPES = [(2048, 2048), (2048, 8192)]
-RANKS = [16, 64]
+SHAPES = [(4096, 4096), (2048, 8192)]
+RANKS = [8, 16, 64]
 DROPOUTS = [0.0, 0.05]
+QUICK_SHAPE = (1024, 1024)  # smoke run only: small enough for a test
+TARGETS = {8: 0.04, 16: 0.04, 64: 0.08}  # overhead over the bare linear (issue 15; r=8: as r=16)
+TRAIN_VARIANTS = ("ours", "ours_general", "ours_bits", "peft")  # each against "bare"
+INFER_VARIANTS = ("ours", "peft", "merged")
 
 
 def _peft_linear(base: nn.Linear, rank: int, alpha: float, dropout: float) -> nn.Module:
@@ -43,142 +60,337 @@ def _peft_linear(base: nn.Linear, rank: int, alpha: float, dropout: float) -> nn
     return PeftLinear(base, "default", config=config, r=rank, lora_alpha=alpha)
 
 
-def _step_fn(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Callable[[], None]:
+def _layers(d_in: int, d_out: int, rank: int, dropout: float) -> dict[str, nn.Module]:
+    """The bare frozen linear and every wrapper of it, all with the same (non-zero) A and B."""
+    torch.manual_seed(0)
+    base = nn.Linear(d_in, d_out, bias=False).requires_grad_(False)
+    ours = LoRALinear(base, rank=rank, alpha=2 * rank, dropout=dropout)
+    with torch.no_grad():  # non-zero B so the update is real work everywhere
+        nn.init.normal_(ours.lora_B.weight, std=0.01)
+
+    def twin(**kwargs: Any) -> LoRALinear:
+        layer = LoRALinear(base, rank=rank, alpha=2 * rank, dropout=dropout, **kwargs)
+        layer.load_state_dict(ours.state_dict())
+        return layer
+
+    # Our general (unfused) path, as taken for quantized or hooked bases: a no-op hook on
+    # lora_A is enough to route the layer there.
+    general = twin()
+    general.lora_A.register_forward_hook(lambda *_: None)
+    peft = _peft_linear(base, rank, 2 * rank, dropout)
+    with torch.no_grad():
+        peft.lora_A["default"].weight.copy_(ours.lora_A.weight)
+        peft.lora_B["default"].weight.copy_(ours.lora_B.weight)
+    layers: dict[str, nn.Module] = {"bare": base, "ours": ours, "ours_general": general, "peft": peft}
+    if dropout > 0:
+        layers["ours_bits"] = twin(dropout_mask="bits")
+    return layers
+
+
+def _clear_grads(module: nn.Module, x: torch.Tensor) -> None:
+    x.grad = None
+    for p in module.parameters():
+        p.grad = None
+
+
+def _train_step(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
-        x.grad = None
-        for p in module.parameters():
-            p.grad = None
-        y = module(x)  # (1, T, out)
-        y.backward(grad_out)
+        _clear_grads(module, x)
+        module(x).backward(grad_out)  # (1, T, out)
 
     return step
 
 
-def _time(step: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    step()
-    return time.perf_counter() - t0
+def _infer_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            module(x)
+
+    return step
 
 
-def bench_config(d_in: int, d_out: int, rank: int, dropout: float, repeats: int, warmup: int) -> dict:
-    torch.manual_seed(0)
-    base = nn.Linear(d_in, d_out, bias=False).requires_grad_(False)
-    ours = LoRALinear(base, rank=rank, alpha=2 * rank, dropout=dropout).train()
-    peft = _peft_linear(base, rank, 2 * rank, dropout).train()
-    with torch.no_grad():  # non-zero B so the update is real work in both
-        nn.init.normal_(ours.lora_B.weight, std=0.01)
-        peft.lora_B["default"].weight.copy_(ours.lora_B.weight)
-    x = torch.randn(1, TOKENS, d_in, requires_grad=True)
-    grad_out = torch.randn(1, TOKENS, d_out)
-
-    # Our general (unfused) path, as taken for quantized or hooked bases: a no-op hook on
-    # lora_A is enough to route the layer there.
-    ours_general = LoRALinear(base, rank=rank, alpha=2 * rank, dropout=dropout).train()
-    with torch.no_grad():
-        ours_general.lora_A.weight.copy_(ours.lora_A.weight)
-        ours_general.lora_B.weight.copy_(ours.lora_B.weight)
-    ours_general.lora_A.register_forward_hook(lambda *_: None)
-    steps = {
-        "bare": _step_fn(base, x, grad_out),
-        "ours": _step_fn(ours, x, grad_out),
-        "ours_general": _step_fn(ours_general, x, grad_out),
-        "peft": _step_fn(peft, x, grad_out),
-    }
+def interleaved(
+    steps: dict[str, Callable[[], None]], *, warmup: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
+    """Seconds per call of every step, the steps run in turn inside each round (A, B, C, A, B, C, ...)."""
     for _ in range(warmup):
         for step in steps.values():
             step()
-    times: dict[str, list[float]] = {k: [] for k in steps}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            times[name].append(_time(step))
+            started = clock()
+            step()
+            times[name].append(clock() - started)
+    return times
 
-    def overhead(name: str) -> float:
-        return statistics.median(t / b for t, b in zip(times[name], times["bare"], strict=True)) - 1.0
 
-    def overhead_best(name: str) -> float:
-        # timeit-style: the fastest run of each is the one least disturbed by other processes
-        return min(times[name]) / min(times["bare"]) - 1.0
+def ratio_summary(times: list[float], reference: list[float]) -> dict[str, float]:
+    """Per-round ratio ``time / reference``: median, 10th and 90th percentile."""
+    ratios = [t / r for t, r in zip(times, reference, strict=True)]
+    return {"median": statistics.median(ratios), "p10": percentile(ratios, 10), "p90": percentile(ratios, 90)}
 
-    lora_flops = 2 * TOKENS * rank * (d_in + d_out)  # forward of the LoRA branch
-    base_flops = 2 * TOKENS * d_in * d_out
+
+def peak_step_bytes(step: Callable[[], None], before: Callable[[], None] = lambda: None) -> int:
+    """Highest bytes held by the CPU allocator during ``step`` above the level at its start.
+
+    From the profiler's allocation (+bytes) and free (-bytes) events in time order; tensors
+    alive before the step (weights, the input) do not count, its outputs (gradients) do.
+    ``before`` runs just before the profiled step, outside it (e.g. dropping the previous
+    step's gradients, whose frees would otherwise lower the starting level).
+    """
+    step()  # warm: lazily created state is not the step's
+    before()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+def bench_train(
+    d_in: int, d_out: int, rank: int, dropout: float, *, warmup: int, repeats: int, clock: Callable[[], float]
+) -> dict[str, Any]:
+    layers = _layers(d_in, d_out, rank, dropout)
+    for layer in layers.values():
+        layer.train()
+    x = torch.randn(1, TOKENS, d_in, requires_grad=True)
+    grad_out = torch.randn(1, TOKENS, d_out)
+    steps = {name: _train_step(layer, x, grad_out) for name, layer in layers.items()}
+
+    times = interleaved(steps, warmup=warmup, repeats=repeats, clock=clock)
+    peak = {name: peak_step_bytes(steps[name], lambda m=layer: _clear_grads(m, x)) for name, layer in layers.items()}
+    ratios = {name: ratio_summary(times[name], times["bare"]) for name in steps if name != "bare"}
+    # LoRA FLOPs over forward+backward: 6·N·r·(in+out) (2 GEMMs forward, 4 backward) against
+    # the bare layer's 4·N·in·out (forward and input gradient)
     return {
         "shape": f"{d_in}x{d_out}",
         "rank": rank,
         "dropout": dropout,
-        "median_ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
-        "best_ms": {k: 1000 * min(v) for k, v in times.items()},
-        "overhead_best": {k: overhead_best(k) for k in ("ours", "ours_general", "peft")},
-        "overhead_ours": overhead("ours"),
-        "overhead_ours_general": overhead("ours_general"),
-        "overhead_peft": overhead("peft"),
-        "lora_flops_fraction": lora_flops / base_flops,
+        "times_s": times,
+        "time": {name: summary(ts) for name, ts in times.items()},
+        "time_ratio": ratios,
+        "overhead": {name: r["median"] - 1.0 for name, r in ratios.items()},
+        "peak_bytes": peak,
+        "peak_ratio": {name: peak[name] / peak["bare"] for name in peak if name != "bare"},
+        "peak_ratio_ours_vs_peft": peak["ours"] / peak["peft"],
+        "target": TARGETS[rank],
+        "lora_flops_fraction": 1.5 * rank * (d_in + d_out) / (d_in * d_out),
     }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def bench_infer(
+    d_in: int, d_out: int, rank: int, *, warmup: int, repeats: int, clock: Callable[[], float]
+) -> dict[str, Any]:
+    layers = _layers(d_in, d_out, rank, 0.0)
+    merged = copy.deepcopy(layers["ours"])
+    merged.merge()
+    modules = {"bare": layers["bare"], "ours": layers["ours"], "peft": layers["peft"], "merged": merged}
+    for module in modules.values():
+        module.eval()
+    x = torch.randn(1, TOKENS, d_in)
+    with torch.no_grad():
+        max_diff = (merged(x) - layers["ours"](x)).abs().max().item()  # merge changes no output
+    steps = {name: _infer_step(m, x) for name, m in modules.items()}
+    times = interleaved(steps, warmup=warmup, repeats=repeats, clock=clock)
+    ratios = {name: ratio_summary(times[name], times["bare"]) for name in INFER_VARIANTS}
+    return {
+        "shape": f"{d_in}x{d_out}",
+        "rank": rank,
+        "times_s": times,
+        "time": {name: summary(ts) for name, ts in times.items()},
+        "time_ratio": ratios,
+        "overhead": {name: r["median"] - 1.0 for name, r in ratios.items()},
+        "unmerged_vs_merged": ratio_summary(times["ours"], times["merged"])["median"],
+        "merged_max_abs_diff": max_diff,
+    }
+
+
+def profile_gap(d_in: int, d_out: int, rank: int, dropout: float, *, steps: int = 5) -> dict[str, str]:
+    """torch.profiler op tables (self CPU time) of the bare step and ours, for the docs."""
+    layers = _layers(d_in, d_out, rank, dropout)
+    x = torch.randn(1, TOKENS, d_in, requires_grad=True)
+    grad_out = torch.randn(1, TOKENS, d_out)
+    tables = {}
+    for name in ("bare", "ours", "peft"):
+        step = _train_step(layers[name].train(), x, grad_out)
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        tables[name] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+    return tables
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:+.1f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per config (median)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="only 2048x2048, r=16 (smoke run)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per cell (medians over rounds)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds per cell first")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SHAPE}, r=16, 3 rounds")
+    parser.add_argument("--profile", action="store_true", help="also print profiler op tables of one cell")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="1 thread, CPU time of that thread (time.thread_time) instead of wall time: robust to other load",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/)")
     args = parser.parse_args(argv)
 
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    configs = [(i, o, r, d) for (i, o) in SHAPES for r in RANKS for d in DROPOUTS]
+    info = machine()
+    torch.set_num_threads(1 if args.cpu_time else os.cpu_count() or 1)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    shapes, ranks, repeats, warmup = SHAPES, RANKS, args.repeats, args.warmup
     if args.quick:
-        configs = [(2048, 2048, 16, 0.0), (2048, 2048, 16, 0.05)]
+        shapes, ranks, repeats, warmup = [QUICK_SHAPE], [16], 3, 1
+    started = time.perf_counter()
+    print(
+        f"{torch.get_num_threads()} threads, {'thread CPU' if args.cpu_time else 'wall'} time, "
+        f"load average {info['load_average_before']:.2f}, {TOKENS} tokens, fp32; "
+        f"{warmup} warm-up + {repeats} interleaved rounds per cell"
+    )
 
-    rows = []
-    load_before = os.getloadavg()[0]
-    print(f"{threads} threads, load average {load_before:.2f}; overhead vs the bare linear (forward+backward)")
+    train_rows = []
+    for d_in, d_out in shapes:
+        for rank in ranks:
+            for dropout in DROPOUTS:
+                row = bench_train(d_in, d_out, rank, dropout, warmup=warmup, repeats=repeats, clock=clock)
+                train_rows.append(row)
+                over, mem = row["overhead"], row["peak_ratio"]
+                print(
+                    f"  train {row['shape']} r={rank} p={dropout}: bare {1000 * row['time']['bare']['median']:.1f} ms, "
+                    f"ours {_pct(over['ours'])}, general {_pct(over['ours_general'])}, "
+                    + (f"bits {_pct(over['ours_bits'])}, " if "ours_bits" in over else "")
+                    + f"peft {_pct(over['peft'])}; peak mem ours {mem['ours']:.2f}x, peft {mem['peft']:.2f}x bare",
+                    flush=True,
+                )
+    infer_rows = []
+    for d_in, d_out in shapes:
+        for rank in ranks:
+            row = bench_infer(d_in, d_out, rank, warmup=warmup, repeats=repeats, clock=clock)
+            infer_rows.append(row)
+            print(
+                f"  infer {row['shape']} r={rank}: bare {1000 * row['time']['bare']['median']:.1f} ms, "
+                f"ours unmerged {_pct(row['overhead']['ours'])}, merged {_pct(row['overhead']['merged'])}, "
+                f"peft {_pct(row['overhead']['peft'])}",
+                flush=True,
+            )
+
+    profiles = {}
+    if args.profile:
+        cell = (*shapes[0], 16 if 16 in ranks else ranks[0], 0.0)
+        profiles = {"cell": list(cell), **profile_gap(*cell)}
+        for name in ("bare", "ours", "peft"):
+            print(f"\nprofile {name} {cell}:\n{profiles[name]}")
+
+    wall = time.perf_counter() - started
+    flat_train = [
+        {
+            "shape": r["shape"],
+            "rank": r["rank"],
+            "dropout": r["dropout"],
+            "bare_ms": 1000 * r["time"]["bare"]["median"],
+            "ours": _pct(r["overhead"]["ours"]),
+            "spread": f"{_pct(r['time_ratio']['ours']['p10'] - 1)}..{_pct(r['time_ratio']['ours']['p90'] - 1)}",
+            "bits": _pct(r["overhead"]["ours_bits"]) if "ours_bits" in r["overhead"] else None,
+            "general": _pct(r["overhead"]["ours_general"]),
+            "peft": _pct(r["overhead"]["peft"]),
+            "target": f"{100 * r['target']:.0f}%",
+            "mem_ours": r["peak_ratio"]["ours"],
+            "mem_peft": r["peak_ratio"]["peft"],
+            "mem_ours_peft": r["peak_ratio_ours_vs_peft"],
+        }
+        for r in train_rows
+    ]
+    print("\nforward+backward: overhead over the bare linear (median of per-round ratios; spread p10..p90)")
     print(
-        "median: median over rounds of the per-round ratio; best: fastest run vs fastest bare run (*bare ms: fastest)"
-    )
-    print(
-        f"{'shape':>10} {'rank':>4} {'drop':>5} {'bare ms*':>8} | {'median: ours':>12} {'general':>8} {'peft':>7} "
-        f"| {'best: ours':>10} {'general':>8} {'peft':>7}"
-    )
-    for d_in, d_out, rank, dropout in configs:
-        row = bench_config(d_in, d_out, rank, dropout, args.repeats, args.warmup)
-        rows.append(row)
-        best = row["overhead_best"]
-        print(
-            f"{row['shape']:>10} {rank:>4} {dropout:>5.2f} {row['best_ms']['bare']:>8.1f} | "
-            f"{100 * row['overhead_ours']:>+11.1f}% {100 * row['overhead_ours_general']:>+7.1f}% "
-            f"{100 * row['overhead_peft']:>+6.1f}% | {100 * best['ours']:>+9.1f}% "
-            f"{100 * best['ours_general']:>+7.1f}% {100 * best['peft']:>+6.1f}%",
-            flush=True,
+        table(
+            flat_train,
+            [
+                ("shape", "shape", ""),
+                ("rank", "r", ""),
+                ("dropout", "p", ".2f"),
+                ("bare_ms", "bare ms", ".1f"),
+                ("ours", "ours", ""),
+                ("spread", "ours p10..p90", ""),
+                ("bits", "ours bits-mask", ""),
+                ("general", "ours general", ""),
+                ("peft", "PEFT", ""),
+                ("target", "target", ""),
+                ("mem_ours", "peak mem ours/bare", ".2f"),
+                ("mem_peft", "PEFT/bare", ".2f"),
+                ("mem_ours_peft", "ours/PEFT", ".2f"),
+            ],
         )
-
-    result = {
-        "benchmark": "lora_layer",
-        "command": "python -m benchmarks.lora_layer " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "tokens": TOKENS,
-        "dtype": "float32",
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "torch": torch.__version__,
-        "threads": threads,
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
-        "load_average_before_after": [load_before, os.getloadavg()[0]],
-        "overhead": "median over rounds of time(variant)/time(bare linear) - 1, forward+backward",
-        "overhead_best": "min time(variant) / min time(bare linear) - 1 (timeit-style, least disturbed runs)",
-        "rows": rows,
+    )
+    flat_infer = [
+        {
+            "shape": r["shape"],
+            "rank": r["rank"],
+            "bare_ms": 1000 * r["time"]["bare"]["median"],
+            "ours": _pct(r["overhead"]["ours"]),
+            "merged": _pct(r["overhead"]["merged"]),
+            "peft": _pct(r["overhead"]["peft"]),
+            "unmerged_vs_merged": _pct(r["unmerged_vs_merged"] - 1),
+        }
+        for r in infer_rows
+    ]
+    print("\ninference (forward, no_grad): overhead over the bare linear")
+    print(
+        table(
+            flat_infer,
+            [
+                ("shape", "shape", ""),
+                ("rank", "r", ""),
+                ("bare_ms", "bare ms", ".1f"),
+                ("ours", "ours unmerged", ""),
+                ("merged", "ours merged", ""),
+                ("peft", "PEFT unmerged", ""),
+                ("unmerged_vs_merged", "unmerged vs merged", ""),
+            ],
+        )
+    )
+    payload = {
+        "config": {
+            "tokens": TOKENS,
+            "dtype": "float32",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "clock": "thread CPU time (time.thread_time), 1 thread" if args.cpu_time else "wall (time.perf_counter)",
+            "shapes": [f"{i}x{o}" for i, o in shapes],
+            "ranks": ranks,
+            "dropouts": DROPOUTS,
+            "alpha": "2 * rank",
+            "repeats": repeats,
+            "warmup": warmup,
+            "quick": args.quick,
+        },
+        "method": {
+            "time": "interleaved rounds; overhead = median over rounds of time(variant)/time(bare) - 1",
+            "memory": "torch.profiler profile_memory=True: peak of allocated-minus-freed CPU bytes during one step",
+            "variants": {
+                "bare": "the frozen nn.Linear alone",
+                "ours": "LoRALinear, fused path, default 'bernoulli' mask (PEFT's mask under the same seed)",
+                "ours_general": "LoRALinear forced onto its general (unfused) path by a no-op hook",
+                "ours_bits": "LoRALinear, fused path, dropout_mask='bits' (same distribution, cheaper)",
+                "peft": "peft.tuners.lora.layer.Linear",
+                "merged": "LoRALinear after merge() (W' = W + s B A)",
+            },
+        },
+        "targets": {"r<=16": 0.04, "r=64": 0.08},
+        "wall_s": wall,
+        "train": train_rows,
+        "inference": infer_rows,
+        "profile": profiles,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    path = write_result(NAME, payload, machine_info=info, out=args.out)
+    print(f"\nwall {wall:.0f} s; wrote {path}")
     return 0
 
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from django.db.models import Prefetch
+from django.db.models import Exists, OuterRef, Prefetch, Subquery
 
 from inference.adapters import adapter_name
 from inference.config import ServedBase, served_base, served_bases
-from inference.models import Route, RouteSplit
+from inference.models import Route, RouteSplit, ServingProcess
 from registry.models import Alias, BaseModel, ModelVersion, RegisteredModel
 from registry.services.aliases import DEFAULT_ALIAS
 from tuninglab.errors import InvalidRequestError, NotFoundError
@@ -45,6 +45,10 @@ class Target:
     base: ServedBase
     version: ModelVersion | None = None
     route: Route | None = None
+    # The base's ServingProcess status read with the version (one query fewer for the gateway's
+    # readiness check); only meaningful when ``serving_status_read``. None: no row yet.
+    serving_status: str | None = None
+    serving_status_read: bool = False
 
     @property
     def vllm_model(self) -> str:
@@ -130,6 +134,44 @@ def pick_split(route: Route, key: str | None) -> ModelVersion:
     return splits[-1].version
 
 
+def _aliased_version(*, owner: Any, name: str, pinned: bool, selector: str) -> ModelVersion | None:
+    """The common case in one query: the version an alias of the caller's model holds.
+
+    ``name`` (bare): its ``production`` alias, when no base model has that name and the model
+    has no route; ``name@alias``: that alias. None when the case does not apply (a base's
+    name, a route, no such alias, ``name@v3``, another owner's model): the caller then takes
+    the general path, which decides exactly as before. Nothing is cached, so an alias move
+    is seen by the next request.
+    """
+    if pinned and (not selector or VERSION_SELECTOR_RE.fullmatch(selector)):
+        return None
+    # One filter() call: the three conditions hold for the same alias row.
+    versions = (
+        _versions()
+        .annotate(serving_status=_serving_status())
+        .filter(
+            aliases__registered_model__owner=owner,
+            aliases__registered_model__name=name,
+            aliases__alias=selector if pinned else DEFAULT_ALIAS,
+        )
+    )
+    if pinned:
+        return versions.first()
+    version = versions.annotate(
+        is_base=Exists(BaseModel.objects.filter(name=name)),
+        has_route=Exists(Route.objects.filter(registered_model__owner=owner, registered_model__name=name)),
+    ).first()
+    if version is None or version.is_base or version.has_route:
+        return None
+    return version
+
+
+def _serving_status() -> Subquery:
+    """The status of the ``ServingProcess`` row of a version's base (annotation; NULL: no row)."""
+    rows = ServingProcess.objects.filter(base_name=OuterRef("base_model__name"))
+    return Subquery(rows.values("status")[:1])
+
+
 def resolve_target(*, owner: Any, model: Any, sticky_keys: dict[str, str | None] | None = None) -> Target:
     """The target of ``model`` for ``owner``; ``sticky_keys`` maps a route's sticky kind to its key.
 
@@ -160,6 +202,10 @@ def resolve_target(*, owner: Any, model: Any, sticky_keys: dict[str, str | None]
         return _version_target(version, model)
     # "bot@" (an empty selector) pins nothing: 404 like any other name that holds nothing.
     name, pinned, selector = model.partition("@")
+    fast = _aliased_version(owner=owner, name=name, pinned=bool(pinned), selector=selector)
+    if fast is not None:
+        target = _version_target(fast, model)
+        return replace(target, serving_status=fast.serving_status, serving_status_read=True)
     if not pinned and BaseModel.objects.filter(name=name).exists():
         return Target(requested=model, base=_served(name, model))
     registered = RegisteredModel.objects.filter(owner=owner, name=name).first()

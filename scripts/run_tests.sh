@@ -48,7 +48,12 @@ if [[ -n "${DATABASE_URL:-}" ]]; then
   echo "== pytest on PostgreSQL ($DATABASE_URL) + Redis (${REDIS_URL:-none})"
   # Engine tests (tests/lora_engine) do not touch the database or the broker, nor does the
   # browser test of the API docs; they ran above.
-  $BIN/pytest --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py "$@"
+  # The browser tests of the pages, playground and admin ran above on SQLite too (the same page
+  # code paths run against PostgreSQL here in tests/webui, tests/playground, tests/security), as
+  # did the engine benchmarks' smoke runs (no database).
+  $BIN/pytest --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
+    --ignore=tests/browser --ignore=tests/webui/test_browser.py --ignore=tests/playground/test_browser.py \
+    --ignore=tests/benchmarks/test_lora_layer.py --ignore=tests/benchmarks/test_train_step.py "$@"
 elif [[ "${CI:-}" == "true" ]]; then
   echo "CI=true but DATABASE_URL is not set: the PostgreSQL + Redis suites must run in CI" >&2
   exit 1

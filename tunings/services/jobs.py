@@ -84,6 +84,36 @@ def queue_for_resources(resources: dict[str, Any]) -> str:
     return "gpu" if int(resources.get("gpus") or 0) > 0 else "cpu"
 
 
+def _insert_job(*, idempotency_key: str | None, owner: Any, **fields: Any) -> TuningJob:
+    """INSERT the job row (inside the create's transaction).
+
+    Raises:
+        IdempotencyError: ``idempotency_key`` already created another job of ``owner``.
+    """
+    if idempotency_key is None:
+        # Without a key the (owner, key) constraint cannot fail, so there is nothing to recover
+        # from and no savepoint to pay for (two round trips per create). Any other integrity
+        # error aborts the whole create anyway.
+        return TuningJob.objects.create(owner=owner, idempotency_key=None, **fields)
+    try:
+        # Savepoint: on PostgreSQL a failed INSERT poisons the transaction unless rolled back,
+        # and the lookup below must still run in it.
+        with transaction.atomic():
+            return TuningJob.objects.create(owner=owner, idempotency_key=idempotency_key, **fields)
+    except IntegrityError:
+        # The (owner, idempotency_key) constraint: a backstop behind tuninglab.idempotency
+        # (e.g. the key's record expired after 24 h but the job it created is still here).
+        existing = TuningJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        raise IdempotencyError(
+            f"Idempotency-Key {idempotency_key!r} already created job {existing.id}.",
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+            suggestion=f"Fetch job {existing.id}, or use a new key for a new job.",
+        ) from None
+
+
 def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None = None) -> TuningJob:
     """Create a job from a validated spec: checks files and model, resolves ``"auto"``, queues it.
 
@@ -132,44 +162,29 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         # Lock the files and re-check them: a concurrent delete either committed first (we
         # answer 404 here) or waits for our job to commit and then refuses with file_in_use.
         _lock_live_files(files=[training, validation])
-        try:
-            # Savepoint: on PostgreSQL a failed INSERT poisons the transaction unless rolled back.
-            with transaction.atomic():
-                job = TuningJob.objects.create(
-                    owner=owner,
-                    base_model=base_model,
-                    training_file=training,
-                    validation_file=validation,
-                    method=spec.tuning_method,
-                    hyperparameters=spec.hyperparameters,
-                    resolved_hyperparameters=resolved,
-                    lora_rank=spec.lora["rank"],
-                    lora_alpha=spec.lora["alpha"],
-                    lora_dropout=spec.lora["dropout"],
-                    target_modules=spec.lora["target_modules"],
-                    seed=spec.seed,
-                    suffix=spec.suffix,
-                    model_name=spec.model_name or default_model_name(suffix=spec.suffix, base_name=base_model.name),
-                    promote_to=spec.promote_to,
-                    metadata=spec.metadata,
-                    idempotency_key=idempotency_key,
-                    priority=spec.priority,
-                    resources=spec.resources,
-                    queue=queue,
-                    max_attempts=settings.TUNINGLAB["MAX_ATTEMPTS"],
-                )
-        except IntegrityError:
-            # The (owner, idempotency_key) constraint: a backstop behind tuninglab.idempotency
-            # (e.g. the key's record expired after 24 h but the job it created is still here).
-            existing = TuningJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-            if existing is None:
-                raise
-            raise IdempotencyError(
-                f"Idempotency-Key {idempotency_key!r} already created job {existing.id}.",
-                code="idempotency_key_reused",
-                param="Idempotency-Key",
-                suggestion=f"Fetch job {existing.id}, or use a new key for a new job.",
-            ) from None
+        job = _insert_job(
+            idempotency_key=idempotency_key,
+            owner=owner,
+            base_model=base_model,
+            training_file=training,
+            validation_file=validation,
+            method=spec.tuning_method,
+            hyperparameters=spec.hyperparameters,
+            resolved_hyperparameters=resolved,
+            lora_rank=spec.lora["rank"],
+            lora_alpha=spec.lora["alpha"],
+            lora_dropout=spec.lora["dropout"],
+            target_modules=spec.lora["target_modules"],
+            seed=spec.seed,
+            suffix=spec.suffix,
+            model_name=spec.model_name or default_model_name(suffix=spec.suffix, base_name=base_model.name),
+            promote_to=spec.promote_to,
+            metadata=spec.metadata,
+            priority=spec.priority,
+            resources=spec.resources,
+            queue=queue,
+            max_attempts=settings.TUNINGLAB["MAX_ATTEMPTS"],
+        )
         job_event_add(
             job_id=job.id,
             message=f"Job created: {spec.tuning_method} on {base_model.name}; validating files.",
@@ -177,6 +192,9 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         )
         # Files were validated at upload (status 'processed' checked above), so move on at once.
         job = tuning_job_queue(job=job)
+        # tuning_job_queue re-reads the row, which drops the loaded relations; the answer names the
+        # owner and the base model, so put back the rows in hand instead of reading them again.
+        job.owner, job.base_model = owner, base_model
         job_id, job_queue = job.id, job.queue
         transaction.on_commit(lambda: dispatch_job(job_id, job_queue))
     return job
