@@ -115,6 +115,7 @@ def save_adapter(
     dropout: float,
     target_modules: list[str],
     use_rslora: bool = False,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the model's LoRA weights as a PEFT adapter directory, atomically.
 
@@ -127,6 +128,9 @@ def save_adapter(
             regexes). The config gets the list derived from the modules that really carry
             LoRA (see ``_config_target_modules``), because vLLM accepts plain names only
             and a loader must re-create exactly the saved set.
+        tensors: the weights to write by parameter name, when the model's own are not whole
+            (a sharded distributed run gathers them) or not the ones to save (select="best");
+            default: the model's LoRA parameters.
 
     Returns:
         ``out_dir`` as a Path.
@@ -156,10 +160,17 @@ def save_adapter(
         use_rslora=use_rslora,
     )
     # safetensors wants contiguous, unshared CPU tensors.
-    tensors = {PEFT_PREFIX + name: p.detach().to("cpu").contiguous().clone() for name, p in lora_parameters(model)}
+    names = [name for name, _ in lora_parameters(model)]
+    if tensors is not None:
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise ValueError(f"no weights given for {len(missing)} LoRA parameter(s), e.g. {missing[0]}")
+        out = {PEFT_PREFIX + n: tensors[n].detach().to("cpu").contiguous().clone() for n in names}
+    else:
+        out = {PEFT_PREFIX + n: p.detach().to("cpu").contiguous().clone() for n, p in lora_parameters(model)}
 
     with atomic_dir(out_dir) as tmp:
-        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_file(out, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
 

@@ -13,6 +13,14 @@ Layout of `output_dir/checkpoints/`:
         best.safetensors   select="best" only: the trainable tensors of the best evaluated step so far,
                            its step and eval loss in the metadata
         state.json         data position (epoch, index in epoch order, step), counters, metrics
+        sharded/           distributed runs only: what each rank wrote — FSDP's
+                           torch.distributed.checkpoint shards or DeepSpeed's ZeRO partitions of
+                           the trainable weights and optimizer states (then no optimizer.pt), and
+                           rng-rank<r>.safetensors for every rank r > 0
+
+A distributed run writes `sharded/` into a staging dir (`.step-000010.shards`) from every rank,
+then rank 0 writes the rest and publishes the step dir with the staging dir moved inside it, so
+a checkpoint is still listed only once every rank's part is on disk.
 
 A checkpoint exists only once it is listed in the manifest. Its dir is published with
 `fsio.atomic_dir` (written into a temp dir, every file and dir fsynced, renamed into
@@ -47,7 +55,7 @@ from lora_engine.fsio import DISK_FULL_ERRNOS, atomic_dir, atomic_write_text
 # The manifest's reading side lives in `manifest` (no torch: the worker uses it too); the
 # recipe and its tests reach it through this module as before.
 from lora_engine.manifest import LEGACY_RNG_FILE as LEGACY_RNG_FILE
-from lora_engine.manifest import MANIFEST, RNG_FILE, is_plain_name, read_manifest, step_dir_name
+from lora_engine.manifest import MANIFEST, RNG_FILE, SHARDED_DIR, is_plain_name, read_manifest, step_dir_name
 from lora_engine.manifest import latest_checkpoint as latest_checkpoint
 
 RNG_FORMAT = "lora_engine.rng/1"
@@ -161,6 +169,16 @@ def load_best_weights(path: Path) -> BestWeights | None:
     return BestWeights(step=int(meta["step"]), eval_loss=float(json.loads(meta["eval_loss"])), tensors=tensors)
 
 
+def rank_rng_file(rank: int) -> str:
+    """Where rank ``rank`` (> 0) keeps its RNG state inside ``sharded/``."""
+    return f"rng-rank{rank}.safetensors"
+
+
+def staging_dir(ckpt_root: Path, step: int) -> Path:
+    """The dir every rank of a distributed run writes its part of checkpoint ``step`` into."""
+    return ckpt_root / f".{step_dir_name(step)}.shards"
+
+
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -170,7 +188,7 @@ def save_checkpoint(
     *,
     step: int,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: Any,
     rng: dict[str, Any],
     state: dict[str, Any],
@@ -178,6 +196,8 @@ def save_checkpoint(
     keep: int,
     write_adapter: Callable[[Path], Any] | None,
     best: BestWeights | None = None,
+    trainable: dict[str, torch.Tensor] | None = None,
+    sharded: Path | None = None,
 ) -> Path:
     """Write one complete checkpoint for optimizer step `step` and prune to the newest `keep`.
 
@@ -185,6 +205,11 @@ def save_checkpoint(
         write_adapter: callback writing the PEFT adapter into the given dir (None for full FT).
         best: the best evaluated weights so far (select="best"), saved with the checkpoint so
             a resumed run selects among all steps, those before the checkpoint included.
+        optimizer: None when ``sharded`` holds the optimizer state (FSDP, DeepSpeed).
+        trainable: the trainable tensors, whole (a distributed run gathers them); default: the
+            model's own.
+        sharded: a staging dir the ranks wrote (see the module docstring); it moves into the
+            checkpoint as ``sharded/``.
 
     Returns:
         The final checkpoint directory.
@@ -199,11 +224,15 @@ def save_checkpoint(
         with atomic_dir(final) as tmp:
             if write_adapter is not None:
                 write_adapter(tmp / "adapter")
-            save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+            tensors = trainable if trainable is not None else trainable_state_dict(model)
+            save_file(tensors, str(tmp / "trainable.safetensors"))
+            if sharded is not None:
+                sharded.rename(tmp / SHARDED_DIR)  # the same filesystem: a rename, fsynced with the tree
             # Through a Python file object: a failed write then carries its OSError (ENOSPC)
             # as the context of torch's RuntimeError instead of an opaque "unexpected pos".
-            with open(tmp / "optimizer.pt", "wb") as fh:
-                torch.save(optimizer.state_dict(), fh)
+            if optimizer is not None:
+                with open(tmp / "optimizer.pt", "wb") as fh:
+                    torch.save(optimizer.state_dict(), fh)
             with open(tmp / "scheduler.pt", "wb") as fh:
                 torch.save(scheduler.state_dict(), fh)
             save_rng_state(rng, tmp / RNG_FILE)
@@ -233,15 +262,31 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sharded: bool = False,
+    rank: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Restore trainable weights, optimizer and scheduler from `path`.
+
+    With ``sharded`` the weights and optimizer state are left to the strategy (they live in
+    ``sharded/``, see ``parallel.Parallel.load_sharded``); only the schedule, state and RNG
+    are read here. Rank ``rank`` > 0 gets its own RNG state from ``sharded/``.
 
     Returns:
         (state, rng): the saved state.json dict and the RNG states; the caller restores
         the RNG last, after everything else that might draw random numbers. rng is None
         for a checkpoint with only a legacy pickled rng.pt, which is never loaded.
     """
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_path = path / RNG_FILE if rank == 0 else path / SHARDED_DIR / rank_rng_file(rank)
+    rng = load_rng_state(rng_path) if rng_path.exists() else None
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if sharded:
+        return state, rng
     tensors = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
@@ -256,7 +301,4 @@ def load_checkpoint(
             params[name].copy_(tensor)
     # weights_only=True: torch's restricted unpickler (tensors and plain containers only).
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = load_rng_state(path / RNG_FILE) if (path / RNG_FILE).exists() else None
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     return state, rng

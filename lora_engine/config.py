@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_engine.distributed import DistributedSpec, check_compatible
 from lora_engine.errors import ConfigError
 
 METHODS = ("lora", "qlora", "full")
@@ -146,12 +147,19 @@ class TrainConfig:
     log_every: int = 1
     """Emit a metrics line every N optimizer steps (the last step is always reported)."""
 
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)
+    """Process layout and sharding engine (`lora_engine.distributed`); a dict from JSON. The
+    launcher (torchrun / deepspeed) starts `world_size` copies of this run; `batch_size` is the
+    global micro-batch they split."""
+
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so the config stays hashable and immutable.
         if isinstance(self.target_modules, str):
             object.__setattr__(self, "target_modules", (self.target_modules,))
         else:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not isinstance(self.distributed, DistributedSpec):
+            object.__setattr__(self, "distributed", DistributedSpec.from_dict(self.distributed))
         if self.num_epochs is None and self.max_steps is None:
             object.__setattr__(self, "num_epochs", 1)
         self._validate()
@@ -241,6 +249,20 @@ class TrainConfig:
             "memory_limit_mb must be an integer >= 1 or null",
         )
         need(_is_int(self.log_every) and self.log_every >= 1, "log_every", "log_every must be an integer >= 1")
+        check_compatible(self.distributed, method=self.method, batch_size=self.batch_size)
+        spec = self.distributed
+        shards_params = spec.strategy == "fsdp" or (spec.strategy == "deepspeed" and spec.zero_stage == 3)
+        need(
+            not (self.select == "best" and shards_params),
+            "select",
+            'select "best" is not available when parameters are sharded (FSDP, ZeRO-3): it would gather '
+            'the weights at every evaluation; use select "last" with eval_every, or strategy ddp / ZeRO-2',
+        )
+        need(
+            not (self.precision == "fp16" and spec.strategy == "fsdp"),
+            "precision",
+            "fp16 with FSDP needs a sharded gradient scaler the recipe does not use; train in bf16",
+        )
 
     # --- (de)serialisation -------------------------------------------------------------
 
@@ -270,6 +292,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["target_modules"] = list(self.target_modules)
+        out["distributed"] = self.distributed.to_dict()
         return out
 
     def to_json(self, path: str | Path | None = None) -> str:

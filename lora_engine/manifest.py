@@ -32,6 +32,8 @@ RNG_FILE = "rng.safetensors"
 # resumes (weights, optimizer, scheduler, data position) but its rng.pt is never
 # unpickled: loading a pickle can run arbitrary code.
 LEGACY_RNG_FILE = "rng.pt"
+# A distributed run's per-rank part of a checkpoint (see lora_engine.checkpoint).
+SHARDED_DIR = "sharded"
 STATE_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", RNG_FILE, "state.json")
 # Rounds of "read the manifests, link the newest" before giving up: a source run that is still
 # saving may prune the checkpoint we are linking (we then look again).
@@ -55,9 +57,13 @@ def is_plain_name(name: Any) -> bool:
 
 
 def is_complete(path: Path) -> bool:
-    """Every state file is present (an old engine's pickled ``rng.pt`` counts for the RNG)."""
+    """Every state file is present (an old engine's pickled ``rng.pt`` counts for the RNG; a
+    distributed run's ``sharded/`` dir for the optimizer state)."""
     rng_ok = (path / RNG_FILE).exists() or (path / LEGACY_RNG_FILE).exists()
-    return rng_ok and all((path / f).exists() for f in STATE_FILES if f != RNG_FILE)
+    optimizer_ok = (path / "optimizer.pt").exists() or (path / SHARDED_DIR).is_dir()
+    return (
+        rng_ok and optimizer_ok and all((path / f).exists() for f in STATE_FILES if f not in (RNG_FILE, "optimizer.pt"))
+    )
 
 
 def _listed(ckpt_root: Path) -> list[dict[str, Any]]:

@@ -45,7 +45,12 @@ def _clean(value: Any) -> Any:
 class ProgressEmitter:
     """Writes protocol lines to a stream (stdout) and optionally a metrics file."""
 
-    def __init__(self, stream: IO[str] | None = None, metrics_file: str | None = None):
+    def __init__(
+        self, stream: IO[str] | None = None, metrics_file: str | None = None, *, only: frozenset[str] | None = None
+    ):
+        """``only``: the line types to write (others are dropped); a distributed run's ranks
+        other than 0 write only their errors, rank 0 reports the run."""
+        self.only = only
         self.stream = stream if stream is not None else sys.stdout
         self._metrics_fh: IO[str] | None = None
         if metrics_file:
@@ -56,6 +61,8 @@ class ProgressEmitter:
     def emit(self, obj: dict[str, Any]) -> None:
         if obj.get("type") not in LINE_TYPES:
             raise ValueError(f"unknown progress line type {obj.get('type')!r}")
+        if self.only is not None and obj["type"] not in self.only:
+            return
         line = json.dumps(_clean(obj), allow_nan=False, separators=(",", ":"))
         log.info("%s", line)  # the run's own record in train.log / stderr
         for fh in (self.stream, self._metrics_fh):
@@ -106,9 +113,13 @@ class ProgressEmitter:
         last_eval_loss: float | None = None,
         best_eval_loss: float | None = None,
         best_step: int | None = None,
+        strategy: str = "none",
+        world_size: int = 1,
+        rank_memory: list[dict[str, Any]] | None = None,
     ) -> None:
         """`eval_loss` is the validation loss of the weights written (the best or the last
-        evaluated step, per `select`); `last_eval_loss` / `best_eval_loss` at `best_step` are both kept."""
+        evaluated step, per `select`); `last_eval_loss` / `best_eval_loss` at `best_step` are both kept.
+        `rank_memory`: per rank, its RSS before the model loaded and its peak RSS (MiB)."""
         self.emit(
             {
                 "type": protocol.DONE,
@@ -122,6 +133,9 @@ class ProgressEmitter:
                 "last_eval_loss": last_eval_loss,
                 "best_eval_loss": best_eval_loss,
                 "best_step": best_step,
+                "strategy": strategy,
+                "world_size": world_size,
+                "rank_memory": rank_memory or [],
             }
         )
 

@@ -23,10 +23,13 @@ One optimizer step:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import random
+import resource
+import shutil
 import signal
 import sys
 import time
@@ -63,9 +66,10 @@ from lora_engine.errors import (
     EngineError,
 )
 from lora_engine.fsio import atomic_dir
-from lora_engine.lora import inject_lora, lora_parameters
+from lora_engine.lora import inject_lora
+from lora_engine.parallel import Parallel, launched_rank
 from lora_engine.progress import ProgressEmitter, claim_stdout
-from lora_engine.protocol import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED
+from lora_engine.protocol import ERROR, EXIT_DONE, EXIT_ERROR, EXIT_STOPPED
 from lora_engine.quantize import quantize_base_linears
 from lora_engine.report import format_report, memory_report, parameter_report
 
@@ -91,6 +95,11 @@ def lr_lambda_for(*, scheduler: str, warmup_steps: int, total_steps: int):
 
 def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident set so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class FineTuneRecipe:
@@ -124,6 +133,9 @@ class FineTuneRecipe:
         np.random.seed(cfg.seed)
 
         self.device = self._pick_device()
+        self.parallel = Parallel(cfg.distributed, self.device)
+        self.parallel.init()
+        self.device = self.parallel.device  # cuda:<local_rank> on GPU ranks
         self.autocast_dtype = self._pick_autocast()
         self._install_signal_handlers()
 
@@ -158,6 +170,9 @@ class FineTuneRecipe:
         if self.device.type == "cuda" and cfg.precision in ("bf16", "fp16") and cfg.method != "full":
             # The frozen base can live in half precision; LoRA weights stay fp32.
             dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+        # What this rank holds before the model (interpreter, libraries, data): the memory
+        # preflight estimates what comes on top (`rank_memory` in the done line).
+        self.rss_before_model_mb = _rss_mb()
         try:
             model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
         except Exception as exc:
@@ -181,9 +196,7 @@ class FineTuneRecipe:
                 )
             except ValueError as exc:
                 raise EngineError(INVALID_CONFIG, str(exc), param="target_modules") from exc
-            trainable = [p for _, p in lora_parameters(model)]
         else:
-            trainable = [p for p in model.parameters() if p.is_floating_point()]
             for p in model.parameters():
                 p.requires_grad_(p.is_floating_point())
         model.to(self.device)
@@ -192,21 +205,35 @@ class FineTuneRecipe:
             # for enable_input_require_grads).
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
-        self.trainable = trainable
 
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.schedule = BatchSchedule(len(self.train_examples), cfg.batch_size, cfg.grad_accum_steps, cfg.seed)
         self.total_steps = cfg.max_steps or cfg.num_epochs * self.schedule.steps_per_epoch
         warmup = math.ceil(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lr_lambda_for(scheduler=cfg.lr_scheduler, warmup_steps=warmup, total_steps=self.total_steps),
+        # Built by the strategy: FSDP2 needs the optimizer on the sharded parameters, DeepSpeed
+        # takes both as its client optimizer and schedule.
+        self.optimizer, self.scheduler = self.parallel.wrap(
+            model,
+            lambda params: torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
+            lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                opt, lr_lambda_for(scheduler=cfg.lr_scheduler, warmup_steps=warmup, total_steps=self.total_steps)
+            ),
+            cfg,
         )
+        self.parallel.attach_optimizer(self.optimizer)
+        if self.parallel.world > 1:
+            # Every rank built the same initial weights from the seed; from here each rank
+            # draws its own dropout masks (saved per rank in checkpoints).
+            torch.manual_seed(cfg.seed + self.parallel.rank)
         # fp16 needs loss scaling (bf16 and fp32 do not): a disabled scaler is a no-op.
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.autocast_dtype == torch.float16 and self.device.type == "cuda"
         )
-        self._emit_reports()
+        if self.parallel.is_main:
+            self._emit_reports()
+            if self.parallel.is_distributed:
+                layout = f"{self.parallel.strategy}, {self.parallel.world} processes, backend {self.parallel.backend}"
+                ds = self.parallel.deepspeed_config(cfg)
+                self.out.message(f"distributed: {layout}" + (f"; DeepSpeed config {json.dumps(ds)}" if ds else ""))
         self._check_memory()
 
         if cfg.resume:
@@ -274,8 +301,23 @@ class FineTuneRecipe:
             return
         try:
             state, rng = ckpt.load_checkpoint(
-                path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+                path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                sharded=self.parallel.shards_state,
+                rank=self.parallel.rank,
             )
+            layout = state.get("distributed") or {"strategy": "none", "world_size": 1}
+            if self.parallel.shards_state and (
+                layout.get("strategy") != self.parallel.strategy or layout.get("world_size") != self.parallel.world
+            ):
+                raise ValueError(
+                    f"it was written by strategy {layout.get('strategy')!r} with {layout.get('world_size')} "
+                    f"processes; sharded state resumes only with the same strategy and process count"
+                )
+            if self.parallel.shards_state:
+                self.parallel.load_sharded(path / ckpt.SHARDED_DIR)
         except ValueError as exc:
             raise EngineError(
                 INVALID_CONFIG,
@@ -379,7 +421,19 @@ class FineTuneRecipe:
                 f"(eval_loss {self.best.eval_loss:.4f}; last step {self.step}: {self.last_eval_loss})"
             )
         adapter_dir = self._save_final()
+        # Collective: every rank's memory, reported by rank 0 (the memory preflight's yardstick).
+        rank_memory = self.parallel.all_gather(
+            {
+                "rank": self.parallel.rank,
+                "rss_before_model_mb": round(self.rss_before_model_mb, 1),
+                "peak_rss_mb": round(_peak_rss_mb(), 1),
+            }
+        )
+        self.parallel.barrier()  # no rank exits (closing the group) before rank 0 has published
         self.out.done(
+            strategy=self.parallel.strategy,
+            world_size=self.parallel.world,
+            rank_memory=rank_memory,
             adapter_dir=str(adapter_dir),
             steps=self.step,
             trained_tokens=self.trained_tokens,
@@ -400,8 +454,7 @@ class FineTuneRecipe:
             return
         self.best_eval_loss, self.best_step = eval_loss, self.step
         if self.cfg.select == "best":
-            tensors = {n: t.clone() for n, t in ckpt.trainable_state_dict(self.model).items()}  # a copy, not a view
-            self.best = ckpt.BestWeights(self.step, eval_loss, tensors)
+            self.best = ckpt.BestWeights(self.step, eval_loss, self.parallel.full_trainable_state())  # copies
 
     @torch.no_grad()
     def _load_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -410,7 +463,10 @@ class FineTuneRecipe:
             params[name].copy_(tensor)
 
     def _should_stop(self) -> bool:
-        return self.stop_requested or bool(self.cfg.stop_file and os.path.exists(self.cfg.stop_file))
+        mine = self.stop_requested or bool(self.cfg.stop_file and os.path.exists(self.cfg.stop_file))
+        # Every rank must stop at the same step boundary (the checkpoint is collective).
+        (votes,) = self.parallel.all_sum([1.0 if mine else 0.0])
+        return votes > 0
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -420,7 +476,7 @@ class FineTuneRecipe:
     def _token_loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of next-token CE over labelled positions of one micro-batch."""
         with self._autocast():
-            logits = self.model(**model_inputs(batch)).logits  # (B, T, V)
+            logits = self.parallel.forward(**model_inputs(batch)).logits  # (B, T, V)
         targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
         return F.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]),  # (B*(T-1), V)
@@ -430,35 +486,40 @@ class FineTuneRecipe:
         )
 
     def _train_step(self, step_index: int) -> tuple[float, float, int]:
-        micro = self.schedule.micro_batches(step_index)
+        par = self.parallel
+        # Each rank takes its share of every micro-batch of the global step (one rank: all of it).
+        micro = [par.shard(mb) for mb in self.schedule.micro_batches(step_index)]
         batches = [
             {k: v.to(self.device) for k, v in collate([self.train_examples[i] for i in mb], self.pad_id).items()}
             for mb in micro
         ]
-        # Normalise by the label tokens of the whole step, not per micro-batch, so the
-        # accumulated gradient equals the gradient of the mean over all its tokens.
-        n_label = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        # Normalise by the label tokens of the whole (global) step, not per micro-batch or rank,
+        # so the accumulated gradient equals the gradient of the mean over all its tokens.
+        n_label, n_tokens = par.all_sum(
+            [
+                sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches),
+                sum(int(b["attention_mask"].sum()) for b in batches),
+            ]
+        )
         total = 0.0
-        for batch in batches:
-            loss = self._token_loss_sum(batch) / max(1, n_label)
-            if not torch.isfinite(loss):
-                raise self._nan_error(f"the training loss became {loss.item()} at step {step_index + 1}")
-            self.scaler.scale(loss).backward()
+        for i, batch in enumerate(batches):
+            with par.micro_batch(last=i == len(batches) - 1):
+                loss_sum = self._token_loss_sum(batch)
+                loss = loss_sum / max(1.0, n_label)
+                if not torch.isfinite(loss):
+                    raise self._nan_error(f"the training loss became {loss.item()} at step {step_index + 1}")
+                par.backward(loss * par.loss_scale, self.scaler)
             total += loss.item()
             self._check_memory()
+        (total,) = par.all_sum([total])
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
-        self.scaler.unscale_(self.optimizer)  # clip and log the true gradient norm
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
+        # Clips and logs the true (unscaled) gradient norm, steps optimizer and schedule.
+        grad_norm = par.step(self.optimizer, self.scheduler, self.scaler, max_norm)
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             # With fp16 loss scaling an overflow is expected now and then: the scaler
             # skips that step and lowers the scale. Without it, Inf/NaN is divergence.
             raise self._nan_error(f"the gradient norm became {grad_norm} at step {step_index + 1}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total, grad_norm, n_tokens
+        return total, grad_norm, int(n_tokens)
 
     def _nan_error(self, message: str) -> EngineError:
         return EngineError(
@@ -493,12 +554,17 @@ class FineTuneRecipe:
 
     # ------------------------------------------------------------------ output
 
-    def _write_adapter(self, out_dir: Path) -> Path:
+    def _adapter_writer(self, tensors: dict[str, torch.Tensor]) -> Any:
+        """A callback writing the PEFT adapter of ``tensors`` (the whole trainable weights) into a dir."""
+        return lambda out_dir: self._write_adapter(out_dir, tensors)
+
+    def _write_adapter(self, out_dir: Path, tensors: dict[str, torch.Tensor]) -> Path:
         # PEFT lists module suffixes, e.g. ["q_proj", "v_proj"], even for "all-linear".
         modules = sorted({n.rsplit(".", 1)[-1] for n in self.lora_targets})
         return save_adapter(
             self.model,
             out_dir,
+            tensors=tensors,
             base_model_name_or_path=self.cfg.base_model_name or self.cfg.base_model_dir,
             rank=self.cfg.rank,
             alpha=self.cfg.alpha,
@@ -508,7 +574,32 @@ class FineTuneRecipe:
         )
 
     def save_checkpoint(self) -> Path:
-        """Write a resumable checkpoint of the state after `self.step` optimizer steps."""
+        """Write a resumable checkpoint of the state after `self.step` optimizer steps.
+
+        Collective in a distributed run: every rank writes its part (sharded state, its RNG)
+        into the staging dir, then rank 0 publishes the checkpoint (see `checkpoint`).
+        """
+        par = self.parallel
+        trainable = par.full_trainable_state()  # gathered onto rank 0 where the engine shards
+        staging = None
+        if par.world > 1:
+            staging = ckpt.staging_dir(self.ckpt_root, self.step)
+            if par.is_main:
+                shutil.rmtree(staging, ignore_errors=True)  # a crashed run's leftover
+                staging.mkdir(parents=True)
+            par.barrier()
+            par.save_sharded(staging)
+            if not par.is_main:
+                ckpt.save_rng_state(self.rng_at_boundary or ckpt.rng_state(), staging / ckpt.rank_rng_file(par.rank))
+            par.barrier()
+        path = self.ckpt_root / ckpt.step_dir_name(self.step)
+        if par.is_main:
+            path = self._publish_checkpoint(trainable, staging)
+        par.barrier()  # published before any rank moves on (or exits after a stop)
+        self.last_checkpoint, self.last_checkpoint_step = path, self.step
+        return path
+
+    def _publish_checkpoint(self, trainable: dict[str, torch.Tensor], staging: Path | None) -> Path:
         epoch, index = self.schedule.position(self.step)
         # Next example in this epoch's order (the order is epoch_order(n, seed, epoch)).
         example_index = min(index * self.cfg.grad_accum_steps * self.cfg.batch_size, len(self.train_examples))
@@ -516,7 +607,7 @@ class FineTuneRecipe:
             self.ckpt_root,
             step=self.step,
             model=self.model,
-            optimizer=self.optimizer,
+            optimizer=None if self.parallel.shards_state else self.optimizer,
             scheduler=self.scheduler,
             rng=self.rng_at_boundary or ckpt.rng_state(),
             state={
@@ -532,13 +623,15 @@ class FineTuneRecipe:
                 "seed": self.cfg.seed,
                 "train_rows": len(self.train_examples),
                 "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "distributed": {"strategy": self.parallel.strategy, "world_size": self.parallel.world},
             },
             metrics={"loss": self.last_loss, "eval_loss": self.last_eval_loss, "trained_tokens": self.trained_tokens},
             keep=self.cfg.keep_checkpoints,
-            write_adapter=self._write_adapter if self.cfg.method != "full" else None,
+            write_adapter=self._adapter_writer(trainable) if self.cfg.method != "full" else None,
             best=self.best,
+            trainable=trainable,
+            sharded=staging,
         )
-        self.last_checkpoint, self.last_checkpoint_step = path, self.step
         self.out.checkpoint(
             step=self.step,
             path=str(path),
@@ -550,6 +643,9 @@ class FineTuneRecipe:
         """After a fatal error: keep the last completed step if it is not saved yet (best effort)."""
         if not hasattr(self, "optimizer") or self.step == 0 or self.last_checkpoint_step == self.step:
             return
+        if self.parallel.world > 1:
+            # Writing it is collective, and the ranks that did not fail are not listening.
+            return
         try:
             self.optimizer.zero_grad(set_to_none=True)
             self.save_checkpoint()
@@ -560,13 +656,18 @@ class FineTuneRecipe:
         """Write output_dir/adapter (output_dir/model for full FT): readers see the old dir or the new one whole."""
         full = self.cfg.method == "full"
         final = self.output_dir / ("model" if full else "adapter")
+        par = self.parallel
+        # Collective: the whole weights, gathered onto rank 0 where the engine shards them.
+        weights = par.full_model_state() if full else par.full_trainable_state()
+        if not par.is_main:
+            return final
         try:
             if not full:
-                return self._write_adapter(final)  # save_adapter publishes through fsio.atomic_dir
+                return self._write_adapter(final, weights)  # save_adapter publishes through fsio.atomic_dir
             # A save_pretrained model + tokenizer dir; an existing model/ is removed only
             # after the new one is renamed in, so a crash never leaves neither.
             with atomic_dir(final) as tmp:
-                self.model.save_pretrained(tmp, safe_serialization=True)
+                self.model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
         except Exception as exc:  # safetensors/torch wrap the OSError of a full disk in their own types
             converted = ckpt.disk_errors_as_engine_errors(exc, str(final))
@@ -576,20 +677,23 @@ class FineTuneRecipe:
         return final
 
     def cleanup(self) -> None:
+        if hasattr(self, "parallel"):
+            self.parallel.close()
         for sig, handler in self._old_handlers.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
         self._old_handlers.clear()
 
 
-def _setup_logging(output_dir: Path) -> None:
+def _setup_logging(output_dir: Path, rank: int = 0) -> None:
     root = logging.getLogger("lora_engine")
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     with contextlib.suppress(OSError):
         output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(output_dir / "train.log", encoding="utf-8"))
+        name = "train.log" if rank == 0 else f"train-rank{rank}.log"
+        handlers.append(logging.FileHandler(output_dir / name, encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
         root.addHandler(h)
@@ -656,8 +760,12 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         emitter.error(code=exc.code, message=exc.message, param=exc.param, suggestion=exc.suggestion, step=None)
         return EXIT_ERROR
-    emitter = ProgressEmitter(stream, cfg.metrics_file)
-    _setup_logging(Path(cfg.output_dir))
+    rank = launched_rank() if cfg.distributed.is_distributed else 0
+    if rank == 0:
+        emitter = ProgressEmitter(stream, cfg.metrics_file)
+    else:  # rank 0 reports the run; the others only their own failures
+        emitter = ProgressEmitter(stream, only=frozenset({ERROR}))
+    _setup_logging(Path(cfg.output_dir), rank)
     try:
         return run(cfg, emitter)
     finally:

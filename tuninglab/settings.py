@@ -200,6 +200,11 @@ TUNINGLAB = {
     # --- quotas (docs/operations.md): what one request or one owner may cost the server ----
     # Engine test hooks (step_delay_s) through the API: a sleeping job holds a worker for nothing.
     "ALLOW_TEST_HOOKS": env_bool("TUNINGLAB_ALLOW_TEST_HOOKS", False),
+    # This worker trains on GPUs (NCCL, DeepSpeed's CUDA accelerator). Decides the generated
+    # DeepSpeed config the job shows; the ranks pick their device themselves (docs/distributed.md).
+    "CUDA": env_bool("TUNINGLAB_CUDA", False),
+    # Accept jobs with distributed.nnodes > 1 (needs a shared DATA_DIR and workers on every node).
+    "MULTI_NODE": env_bool("TUNINGLAB_MULTI_NODE", False),
     # Optimizer steps one job may run (max_steps, or epochs x steps per epoch): a bound on its time.
     "MAX_STEPS": env_int("TUNINGLAB_MAX_STEPS", 100_000),
     # Checkpoints one run may write (total steps / checkpoint_every): each is a full state write.

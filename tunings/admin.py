@@ -10,6 +10,7 @@ change page can stay view-only.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from django import forms
@@ -26,6 +27,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
+from lora_engine.distributed import DistributedSpec
 from tuninglab.admin_base import ReadOnlyInline, ReadOnlyModelAdmin
 from tuninglab.charts import line_chart_svg
 from tuninglab.errors import ConflictError
@@ -145,6 +147,13 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
             },
         ),
         (
+            "Distributed",
+            {
+                "classes": ["collapse"],
+                "fields": ["distributed_display", "launch_config_display"],
+            },
+        ),
+        (
             "Execution",
             {
                 "classes": ["collapse"],
@@ -185,6 +194,37 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
         lr = line_chart_svg({"lr": curves["lr"]}, title="Learning rate", x_label="step", y_label="lr", height=200)
         # line_chart_svg escapes every text it writes (titles, series names); the numbers are floats.
         return mark_safe(f'<div class="job-curves">{loss}{lr}</div>')  # noqa: S308
+
+    @admin.display(description="distributed spec")
+    def distributed_display(self, obj: TuningJob) -> str:
+        """The full spec, defaults filled in ({} on the row is one process)."""
+        spec = DistributedSpec.from_dict(obj.distributed or None)
+        return format_html(
+            "<p>{} on {} process(es) ({} launcher)</p><pre>{}</pre>",
+            spec.strategy,
+            spec.world_size,
+            spec.launcher,
+            json.dumps(spec.to_dict(), indent=2, sort_keys=True),
+        )
+
+    @admin.display(description="launch of the latest attempt")
+    def launch_config_display(self, obj: TuningJob) -> str:
+        """What the worker started: the command line, extra environment, the generated DeepSpeed JSON."""
+        launch = obj.launch_config or {}
+        if not launch:
+            return "- (not launched yet)"
+        ds = launch.get("deepspeed_config")
+        return format_html(
+            "<p>{} launcher, world size {}</p><p>Command (run in the job dir):</p><pre>{}</pre>"
+            "<p>Extra environment:</p><pre>{}</pre>{}",
+            launch.get("launcher", "?"),
+            launch.get("world_size", "?"),
+            shlex.join(str(a) for a in launch.get("argv") or []),
+            json.dumps(launch.get("env") or {}, indent=2, sort_keys=True),
+            format_html("<p>DeepSpeed config:</p><pre>{}</pre>", json.dumps(ds, indent=2, sort_keys=True))
+            if ds is not None
+            else "",
+        )
 
     @admin.display(description="error")
     def error_display(self, obj: TuningJob) -> str:

@@ -377,14 +377,20 @@ def auto_learning_rate_multiplier(parameter_count: int) -> float:
 
 
 def resolve_hyperparameters(
-    *, hyperparameters: dict[str, Any], tuning_method: str, example_count: int, parameter_count: int = 0
+    *,
+    hyperparameters: dict[str, Any],
+    tuning_method: str,
+    example_count: int,
+    parameter_count: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Replace every ``"auto"`` by a concrete value from the data size and the model size; add ``learning_rate``.
 
     Resolved at create time: files are validated at upload, so their example count is known,
     and a registered base model knows its parameter count.
 
-    - batch_size: ``N / 8`` rounded to a power of two, within 1..32 (about 8 steps per epoch).
+    - batch_size: ``N / 8`` rounded to a power of two, within 1..32 (about 8 steps per epoch),
+      then up to a multiple of ``world_size`` (each process of a distributed run takes an equal share).
     - n_epochs: None when ``max_steps`` is set; else 3, raised (≤ 25) until the run makes ≥ 100
       optimizer steps, lowered so it sees ≤ 25,000 examples.
     - learning_rate_multiplier: ``(7e9 / parameters) ** (1/3)`` (1.0 for a 7B model, more for
@@ -394,7 +400,8 @@ def resolve_hyperparameters(
     out = dict(hyperparameters)
     # The batch size first: the epoch rule counts optimizer steps.
     if out["batch_size"] == AUTO:
-        out["batch_size"] = auto_batch_size(n)
+        # A batch the processes cannot split evenly would be refused; "auto" must never be.
+        out["batch_size"] = -(-auto_batch_size(n) // world_size) * world_size
     if "max_steps" in out:
         out["n_epochs"] = None  # the run is bounded by steps, not epochs (the engine takes one of them)
     elif out["n_epochs"] == AUTO:

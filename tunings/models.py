@@ -99,6 +99,11 @@ class TuningJob(models.Model):
     priority = models.IntegerField(default=0, help_text="Higher runs first")
     resources = models.JSONField(default=dict, blank=True)
     queue = models.CharField(max_length=32, default="cpu")
+    # The process layout (``lora_engine.distributed.DistributedSpec.to_dict()``); {} is one process.
+    distributed = models.JSONField(default=dict, blank=True)
+    # What the worker launched for the latest attempt: {"launcher", "argv" (the config path relative
+    # to the job dir), "world_size", "env", "deepspeed_config" (DeepSpeed jobs)}; {} before the first.
+    launch_config = models.JSONField(default=dict, blank=True)
 
     # state and progress
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.VALIDATING_FILES, db_index=True)

@@ -13,6 +13,12 @@ not mix, and a crash or OOM kill of the child must not take the worker with it):
 
 A reader thread turns stdout into parsed lines on a queue so the runner's loop never blocks
 on the pipe and can poll the cancel flag between lines.
+
+A distributed job's child is its launcher (``torchrun`` or ``deepspeed``, argv from
+``lora_engine.launchers.launch_plan``, see `launch_command`); the ranks are the launcher's
+children and rank 0 writes the protocol lines on the shared stdout. torchrun starts each rank
+in a session of its own, so signals go to the process group of every descendant, not only the
+launcher's (a SIGKILLed launcher cannot pass the signal on).
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
+from lora_engine.config import TrainConfig
+from lora_engine.launchers import deepspeed_config, launch_plan, rendezvous
 from lora_engine.protocol import Line, parse_line
 from tuninglab.logfiles import tail_lines
 
@@ -61,6 +70,54 @@ def train_command(config_path: str | Path) -> list[str]:
     return [python_executable(), "-m", "lora_engine.train", str(config_path)]
 
 
+def worker_has_cuda() -> bool:
+    """Whether this worker's ranks train on GPUs (NCCL; DeepSpeed's CUDA accelerator): ``TUNINGLAB["CUDA"]``.
+
+    A setting rather than ``torch.cuda.is_available()``: the worker does not import torch.
+    """
+    return bool(settings.TUNINGLAB.get("CUDA", False))
+
+
+@dataclass(frozen=True)
+class ChildLaunch:
+    """What one attempt starts, and what the job row records about it (``TuningJob.launch_config``)."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to ``child_env()`` for this child (e.g. ``DS_ACCELERATOR=cpu``)."""
+    launch_config: dict[str, Any] = field(default_factory=dict)
+
+
+def launch_command(cfg: TrainConfig, config_path: Path, *, job_dir: Path) -> ChildLaunch:
+    """The argv, extra environment and recorded launch config of the attempt whose config is ``config_path``.
+
+    One process: `train_command`. Distributed: the launcher ``launch_plan`` builds for node 0
+    (a multi-node run's rendezvous from ``rendezvous(cfg)``; the other nodes are started
+    elsewhere, see docs/distributed.md). Every element comes from the config and the settings,
+    never from a request string.
+    """
+    spec = cfg.distributed
+    cuda = worker_has_cuda()
+    record: dict[str, Any] = {"launcher": spec.launcher, "world_size": spec.world_size}
+    if not spec.is_distributed:
+        argv, env = train_command(config_path), {}
+    else:
+        rdzv: dict[str, Any] = {}
+        if spec.nnodes > 1:
+            master_addr, master_port = rendezvous(cfg)
+            rdzv = {"node_rank": 0, "master_addr": master_addr, "master_port": master_port}
+            record.update(nnodes=spec.nnodes, **rdzv)
+        plan = launch_plan(cfg, str(config_path), python=python_executable(), cuda=cuda, **rdzv)
+        argv, env = list(plan.argv), dict(plan.env)
+        if spec.strategy == "deepspeed":
+            record["deepspeed_config"] = deepspeed_config(cfg, cuda=cuda)
+    # The row shows the config file as the job dir names it (the child runs there): no server path.
+    shown = str(Path(config_path).relative_to(job_dir)) if Path(config_path).is_relative_to(job_dir) else None
+    record["argv"] = [shown if shown is not None and a == str(config_path) else a for a in argv]
+    record["env"] = env
+    return ChildLaunch(argv=argv, env=env, launch_config=record)
+
+
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env["PYTHONUNBUFFERED"] = "1"
@@ -73,10 +130,13 @@ def child_env() -> dict[str, str]:
 class TrainingChild:
     """One running child process and the thread draining its stdout."""
 
-    def __init__(self, argv: list[str], *, log_path: Path, cwd: Path | None = None) -> None:
+    def __init__(
+        self, argv: list[str], *, log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.argv = argv
         self.log_path = log_path
         self.cwd = cwd
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.signals_sent: set[int] = set()
         self._lines: queue.Queue[Any] = queue.Queue()
@@ -96,7 +156,7 @@ class TrainingChild:
                 stdout=subprocess.PIPE,
                 stderr=log_fh,
                 cwd=str(self.cwd) if self.cwd else None,
-                env=child_env(),
+                env={**child_env(), **self.extra_env},
                 close_fds=True,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,  # one prctl() call between fork and exec: takes no locks
@@ -131,12 +191,21 @@ class TrainingChild:
             return None
 
     def signal(self, signum: int) -> None:
-        """Signal the child's whole process group (the child and anything it started)."""
+        """Signal the child's process group and the group of every process it started.
+
+        Descendants are listed before any signal goes out: once a launcher dies its ranks are
+        re-parented and could no longer be found.
+        """
         if self.proc is None or self.proc.poll() is not None:
             return
         self.signals_sent.add(signum)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signum)
+        groups = [self.proc.pid]
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                groups.append(os.getpgid(pid))
+        for pgid in dict.fromkeys(groups):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signum)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -165,6 +234,32 @@ class TrainingChild:
 
     def log_tail(self, lines: int = 20) -> list[str]:
         return log_tail(self.log_path, lines)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux ``/proc``; elsewhere none, and the group signal alone applies)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
 
 
 def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:

@@ -31,6 +31,10 @@ class JobPaths:
     def config_file(self, attempt: int) -> Path:
         return self.job_dir / f"attempt-{attempt}.json"
 
+    def deepspeed_config_file(self, attempt: int) -> Path:
+        """The DeepSpeed JSON config of a ``deepspeed`` attempt, saved next to its run config."""
+        return self.job_dir / f"attempt-{attempt}.deepspeed.json"
+
     def log_file(self, attempt: int) -> Path:
         return self.job_dir / f"attempt-{attempt}.log"
 
@@ -96,6 +100,8 @@ def build_train_config(job: TuningJob, *, attempt: int | None = None) -> BuiltCo
         output_dir=str(paths.attempt_dir(attempt)),
         stop_file=str(paths.stop_file),
         metrics_file=str(paths.attempt_dir(attempt) / "metrics.jsonl"),
+        # Validated at create time; TrainConfig checks it again against the method and batch.
+        distributed=dict(job.distributed or {}),
         # The runner sets it once it has adopted an earlier attempt's checkpoint into this
         # attempt's dir (workers.runner, lora_engine.manifest.adopt_checkpoint).
         resume=False,

@@ -7,13 +7,18 @@
 2. start the ``LeaseKeeper`` (heartbeat + watchdog), then prepare the attempt's own run dir
    ``run/attempt-<n>/``: it starts from the newest complete checkpoint of earlier attempts,
    hard-linked in (``lora_engine.manifest.adopt_checkpoint``), never from their dirs themselves;
-3. write ``attempt-<n>.json`` (``workers.job_config``) and spawn the child
-   (``workers.child``), stderr to ``attempt-<n>.log``;
+3. write ``attempt-<n>.json`` (``workers.job_config``) — and for a DeepSpeed job the
+   generated ``attempt-<n>.deepspeed.json`` —, record the launch on the row
+   (``TuningJob.launch_config``) and spawn the child (``workers.child``: the engine, or the
+   distributed launcher that starts its ranks), stderr to ``attempt-<n>.log``;
 4. the runner's loop relays every stdout line into the database and polls the cancel flag
    and the job's wall-clock budget (``JOB_TIMEOUT_SECONDS``) at least every ``POLL_SECONDS``;
 5. when the child exits: ``done`` → ``ModelVersion`` + succeeded, ``error`` → failed with
    code/param/suggestion + the log tail, cancel requested → cancelled, out of time → failed
-   with ``timeout``, otherwise failed with ``internal_error`` and the log tail.
+   with ``timeout``, a distributed launcher that exited non-zero without an error line (a rank
+   was killed or lost) → released to resume from the last checkpoint in a new attempt (failed
+   with ``max_attempts_exceeded`` on the last one), otherwise failed with ``internal_error``
+   and the log tail.
 
 This module is the attempt's lifecycle; ``workers.relay`` turns lines into service calls and
 ``workers.fencing`` makes every write prove the attempt still owns the job. A lost lease
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -55,6 +61,7 @@ from registry.services.versions import (
 from tuninglab.errors import ApiError
 from tunings.models import JobEvent, TuningJob
 from tunings.services.dispatch import dispatch_pending
+from tunings.services.jobs import tuning_job_record_launch
 from tunings.services.state import (
     job_event_add,
     tuning_job_fail,
@@ -92,6 +99,8 @@ DONE_METRICS = (
 
 # The job ran longer than ``TUNINGLAB["JOB_TIMEOUT_SECONDS"]`` (a stable error code of the API).
 TIMEOUT = "timeout"
+# Every attempt ended without a result (the sweeper uses the same code for lost workers).
+MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"
 # How long a timed-out child gets to stop on SIGTERM (it checkpoints at a step boundary) before SIGKILL.
 TIMEOUT_GRACE_SECONDS = 30.0
 # Suggestions for failures the worker itself detects (the engine sends its own).
@@ -104,6 +113,8 @@ SUGGESTIONS = {
     "out_of_memory": "Lower batch_size or rank, shorten max_seq_len, or enable gradient checkpointing / QLoRA.",
     TIMEOUT: "Train fewer steps or a smaller model, or ask an operator to raise TUNINGLAB_JOB_TIMEOUT_SECONDS; "
     "create the job again.",
+    MAX_ATTEMPTS_EXCEEDED: "Look at the log lines in the job's events (a rank killed by the OOM killer or a "
+    "lost host); lower batch_size or use fewer processes, then create the job again.",
 }
 
 
@@ -322,6 +333,14 @@ class JobRunner:
             cfg = cfg.replace(resume=self.adopted is not None)
             cfg_path = self.paths.config_file(self.attempt)
             atomic_write_text(cfg_path, cfg.to_json() + "\n")
+            launch = child_mod.launch_command(cfg, cfg_path, job_dir=self.paths.job_dir)
+            ds_config = launch.launch_config.get("deepspeed_config")
+            if ds_config is not None:
+                # A copy for operators (the admin shows the row's); the ranks build the same dict.
+                atomic_write_text(
+                    self.paths.deepspeed_config_file(self.attempt),
+                    json.dumps(ds_config, indent=2, sort_keys=True) + "\n",
+                )
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._fail("disk_full", f"No space left in the data directory: {exc}")
@@ -330,6 +349,7 @@ class JobRunner:
             return False
         self.config = cfg
         self.config_path = cfg_path
+        self.launch = launch
         if built.ignored:
             self.writer.event(
                 f"Ignored hyperparameters the engine does not know: {', '.join(built.ignored)}.",
@@ -338,8 +358,19 @@ class JobRunner:
         return True
 
     def _spawn(self) -> None:
-        argv = child_mod.train_command(self.config_path)
-        child = child_mod.TrainingChild(argv, log_path=self.paths.log_file(self.attempt), cwd=self.paths.job_dir)
+        launch = self.launch
+
+        def record() -> None:
+            with self.writer.fenced():
+                if not tuning_job_record_launch(
+                    job_id=self.job_id, token=self.token, launch_config=launch.launch_config
+                ):
+                    raise LeaseLost(self.job_id)
+
+        self.writer.retry(record, what="record launch")
+        child = child_mod.TrainingChild(
+            launch.argv, log_path=self.paths.log_file(self.attempt), cwd=self.paths.job_dir, env=launch.env
+        )
         try:
             child.start()
         except OSError as exc:
@@ -359,6 +390,8 @@ class JobRunner:
                 "worker": self.worker_id,
                 "resume": self.config.resume,
                 "resume_step": adopted.step if adopted is not None else None,
+                "launcher": launch.launch_config["launcher"],
+                "world_size": launch.launch_config["world_size"],
             },
         )
 
@@ -474,6 +507,8 @@ class JobRunner:
             )
         elif relay.stopped_line is not None or rc == protocol.EXIT_STOPPED:
             self._release_for_resume()
+        elif self.config.distributed.is_distributed and rc not in (None, protocol.EXIT_DONE):
+            self._rank_lost(rc)
         elif rc is not None and rc < 0:
             signum = -rc
             name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
@@ -608,6 +643,43 @@ class JobRunner:
         with contextlib.suppress(LeaseLost):
             self.writer.retry(write, attempts=10, what="cancel")
         log.info("job %s cancelled at step %s", self.job_id, step)
+
+    def _rank_lost(self, rc: int) -> None:
+        """A distributed launcher ended with ``rc`` and no rank reported an error: a rank was killed or lost.
+
+        The launchers run with no restarts in place, so the job resumes from its last (sharded)
+        checkpoint in a new attempt, like after a lost worker; the last attempt fails instead.
+        """
+        launcher = self.launch.launch_config["launcher"]
+        if rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            how = f"the {launcher} launcher was killed by {name}"
+        else:
+            how = f"the {launcher} launcher exited with code {rc}"
+        max_attempts = self.job.max_attempts
+        if self.attempt >= max_attempts:
+            self._fail(
+                MAX_ATTEMPTS_EXCEEDED,
+                f"Attempt {self.attempt} of {max_attempts} lost a training process ({how}, no rank reported "
+                "an error); no attempts are left.",
+            )
+            return
+        message = (
+            f"Attempt {self.attempt} lost a training process ({how}, no rank reported an error); "
+            "the job resumes from its last checkpoint in a new attempt."
+        )
+        tail = self.child.log_tail(LOG_TAIL_LINES) if self.child else []
+        data = {"attempt": self.attempt, "returncode": rc, "launcher": launcher, "log_tail": tail}
+
+        def write() -> None:
+            with self.writer.fenced():
+                job_event_add(job_id=self.job_id, level=JobEvent.Level.WARNING, message=message, data=data)
+                if not tuning_job_release_lease(job_id=self.job_id, token=self.token, data={"returncode": rc}):
+                    raise LeaseLost(self.job_id)
+
+        with contextlib.suppress(LeaseLost):
+            self.writer.retry(write, what="release")
+        sweep()
 
     def _release_for_resume(self) -> None:
         """The child stopped but nobody cancelled (a SIGTERM from outside, e.g. a host shutdown).

@@ -7,6 +7,7 @@ Unicode look-alikes of the allowed ASCII characters.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -75,19 +76,30 @@ def test_it_refuses_hostile_names_everywhere_a_name_comes_in(api_client, alice, 
     assert refused.value.status == 400 and refused.value.code == "invalid_name"
 
 
-def test_the_training_child_argv_holds_only_generated_values(api_client, alice, monkeypatch):
+# A launcher flag we generate: ``--name`` or ``--name=value`` with a number or a host.
+LAUNCHER_FLAG_RE = re.compile(r"^--[a-z][a-z_-]*(=[0-9A-Za-z.]+)?$")
+LAUNCHER_MODULES = {
+    None: None,
+    "ddp": "torch.distributed.run",
+    "fsdp": "torch.distributed.run",
+    "deepspeed": "deepspeed.launcher.runner",
+}
+
+
+@pytest.mark.parametrize("strategy", [None, "ddp", "fsdp", "deepspeed"])
+def test_the_training_child_argv_holds_only_generated_values(api_client, alice, monkeypatch, strategy):
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {alice.raw_key}")
     suffix = "z9._-edge-of-the-charset"
-    response = api_client.post(
-        "/v1/fine_tuning/jobs",
-        {
-            "model": "fake-llama",
-            "training_file": alice.file.id,
-            "suffix": suffix,
-            "metadata": {"note": SHELL_METACHARACTERS, "--config": "/etc/passwd"},
-        },
-        format="json",
-    )
+    body = {
+        "model": "fake-llama",
+        "training_file": alice.file.id,
+        "suffix": suffix,
+        "metadata": {"note": SHELL_METACHARACTERS, "--config": "/etc/passwd"},
+        "hyperparameters": {"batch_size": 2},
+    }
+    if strategy is not None:
+        body["distributed"] = {"strategy": strategy, "nproc_per_node": 2}
+    response = api_client.post("/v1/fine_tuning/jobs", body, format="json")
     assert response.status_code == 200, response.content
     job_id = response.json()["id"]
     spawned: list[list[str]] = []
@@ -101,13 +113,22 @@ def test_the_training_child_argv_holds_only_generated_values(api_client, alice, 
 
     assert len(spawned) == 1
     argv = spawned[0]
-    python, flag, module, config_path = argv
-    assert (flag, module) == ("-m", "lora_engine.train")
+    python, config_path = argv[0], argv[-1]
     assert Path(python).name.startswith("python")
+    if strategy is None:
+        assert argv[1:3] == ["-m", "lora_engine.train"] and len(argv) == 4
+    else:
+        # python -m <launcher> <generated flags> (-m | --module) lora_engine.train CONFIG
+        assert argv[1:3] == ["-m", LAUNCHER_MODULES[strategy]]
+        assert argv[-3] in ("-m", "--module") and argv[-2] == "lora_engine.train"
+        for flag in argv[3:-3]:
+            assert LAUNCHER_FLAG_RE.match(flag), (flag, argv)
     config = Path(config_path).resolve()
     assert config.is_relative_to(Path(django_settings.DATA_DIR).resolve())
     assert ID_RE.match(job_id) and job_id in config.parts
-    for element in argv:
+    recorded = TuningJob.objects.get(id=job_id).launch_config
+    assert recorded["argv"] == [*argv[:-1], config.name]  # what the row shows is what ran
+    for element in [*argv, json.dumps(recorded)]:
         for hostile in (suffix, SHELL_METACHARACTERS, "--config", "/etc/passwd", "note"):
             assert hostile not in element, (hostile, argv)
 

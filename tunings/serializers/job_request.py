@@ -5,21 +5,27 @@ Request body (OpenAI's fine-tuning shape plus our extras, see docs/api.md)::
     {"model", "training_file", "validation_file", "suffix", "seed", "metadata",
      "hyperparameters": {...}  |  "method": {"type": "supervised", "supervised": {"hyperparameters": {...}}},
      "tuning_method": "lora|qlora|full", "lora": {"rank", "alpha", "dropout", "target_modules"},
-     "priority", "resources": {"gpus", "nproc", "launcher"}}
+     "priority", "resources": {"gpus", "nproc", "launcher"},
+     "distributed": {"strategy", "zero_stage", "offload_optimizer", "offload_params",
+                     "nproc_per_node", "nnodes", "rdzv_endpoint"}}
 
 Only the shape is checked here: whether the files and the model exist is the create
-service's question, and the hyperparameter rules live in ``tunings.hyperparameters``.
+service's question, and the hyperparameter rules live in ``tunings.hyperparameters``. The
+``distributed`` spec is the engine's own ``DistributedSpec``; whether it fits the method and
+the (resolved) batch size is checked by the create service once ``"auto"`` is resolved.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
+from lora_engine.distributed import MAX_NPROC_PER_NODE, DistributedSpec
+from lora_engine.errors import ConfigError
 from registry.naming import NAME_RE
 from registry.services.aliases import alias_name_validate
 from tuninglab.errors import InvalidRequestError
@@ -33,11 +39,25 @@ MAX_METADATA_VALUE = 512
 SEED_MAX = 2**31 - 1
 MAX_PRIORITY = 100  # the API's range is [-MAX_PRIORITY, min(USER_MAX_PRIORITY, MAX_PRIORITY)]
 MAX_GPUS = 64
-# What runs today: one training process per job. Distributed launchers (torchrun, deepspeed)
-# are refused rather than accepted and ignored.
-LAUNCHERS = ("auto", "single")
-NPROC = 1
+# ``resources.launcher``: "auto" follows the ``distributed`` strategy; the others name the
+# launcher the strategy must use (``DistributedSpec.launcher``).
+LAUNCHERS = ("auto", "single", "torchrun", "deepspeed")
+# A launcher named without a ``distributed`` spec picks the strategy (``resources`` is a shorthand).
+LAUNCHER_STRATEGY = {"single": "none", "torchrun": "ddp", "deepspeed": "deepspeed"}
 RESOURCE_FIELDS = ("gpus", "nproc", "launcher")
+INVALID_DISTRIBUTED = "invalid_distributed"
+DISTRIBUTED_DOCS = "docs/distributed.md"
+# What to change for each refused ``distributed`` field (the message says what is wrong).
+DISTRIBUTED_SUGGESTIONS = {
+    "strategy": "Use strategy 'ddp' (adapter training on cards that hold the model), 'fsdp' or 'deepspeed' "
+    f"(shard the model over the processes), or 'none' for one process; {DISTRIBUTED_DOCS} compares them.",
+    "zero_stage": "Set zero_stage 2 or 3 with strategy 'deepspeed'; drop it for the other strategies.",
+    "offload_optimizer": "Offloading is DeepSpeed's: set strategy 'deepspeed', or drop offload_optimizer.",
+    "offload_params": "Parameter offload needs strategy 'deepspeed' with zero_stage 3, or drop offload_params.",
+    "nproc_per_node": f"Set nproc_per_node to an integer in 1..{MAX_NPROC_PER_NODE} (one process per GPU).",
+    "nnodes": "Set nnodes to the number of machines (1 unless multi-node training is enabled).",
+    "rdzv_endpoint": "Give the rendezvous as host:port, e.g. 'node0.cluster:29500', or drop it.",
+}
 
 KNOWN_FIELDS = {
     "model",
@@ -55,6 +75,7 @@ KNOWN_FIELDS = {
     "lora",
     "priority",
     "resources",
+    "distributed",
 }
 
 
@@ -75,6 +96,8 @@ class JobSpec:
     metadata: dict[str, str]
     priority: int
     resources: dict[str, Any]
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)
+    """The process layout: the ``distributed`` field, or what ``resources.nproc`` / ``launcher`` imply."""
     promote_to: str = ""
     """Alias (e.g. ``production``) the new version moves to when the job succeeds; "" keeps aliases as they are."""
     hyperparameters_param: str = "hyperparameters"
@@ -119,17 +142,8 @@ def _validate_priority(raw: Any) -> int:
     return raw
 
 
-def _unsupported_resource(message: str, param: str) -> InvalidRequestError:
-    return _bad(
-        message,
-        param,
-        code="unsupported_resource",
-        suggestion=f"Distributed launchers are not available yet; omit {param} to train in one process.",
-    )
-
-
 def _validate_resources(raw: Any) -> dict[str, Any]:
-    """``gpus`` picks the queue; ``nproc`` / ``launcher`` are accepted only as what runs (one process)."""
+    """``gpus`` picks the queue; ``nproc`` / ``launcher`` shape the process layout (see `_distributed_spec`)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -144,23 +158,95 @@ def _validate_resources(raw: Any) -> dict[str, Any]:
         out["gpus"] = raw["gpus"]
     if "nproc" in raw:
         nproc = raw["nproc"]
-        if not is_int(nproc) or nproc < 1:
-            raise _bad(f"resources.nproc must be {NPROC}, got {nproc!r}.", "resources.nproc")
-        if nproc != NPROC:
-            raise _unsupported_resource(
-                f"resources.nproc {nproc} needs a distributed launcher; jobs run as {NPROC} process.",
+        if not is_int(nproc) or not 1 <= nproc <= MAX_NPROC_PER_NODE:
+            raise _bad(
+                f"resources.nproc must be an integer in [1, {MAX_NPROC_PER_NODE}] (processes per node), got {nproc!r}.",
                 "resources.nproc",
+                suggestion="Set nproc to the training processes per node (one per GPU), or omit it for one process.",
             )
         out["nproc"] = nproc
     if "launcher" in raw:
         launcher = raw["launcher"]
         if launcher not in LAUNCHERS:
-            raise _unsupported_resource(
-                f"resources.launcher {launcher!r} is not supported; use one of {', '.join(LAUNCHERS)}.",
+            raise _bad(
+                f"resources.launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}.",
                 "resources.launcher",
+                suggestion="Omit it ('auto'): the distributed strategy decides the launcher.",
             )
         out["launcher"] = launcher
     return out
+
+
+def distributed_error(exc: ConfigError) -> InvalidRequestError:
+    """The engine's refusal of a ``distributed`` field as a 400 ``invalid_distributed`` naming it."""
+    param = exc.param or "distributed"
+    field = param.removeprefix("distributed.")
+    return _bad(
+        f"{exc.message.rstrip('.')}.",
+        param,
+        code=INVALID_DISTRIBUTED,
+        suggestion=DISTRIBUTED_SUGGESTIONS.get(field, f"See {DISTRIBUTED_DOCS} for the distributed fields."),
+    )
+
+
+def _distributed_spec(raw: Any, resources: dict[str, Any]) -> DistributedSpec:
+    """The job's ``DistributedSpec``: the ``distributed`` field, or what ``resources`` implies.
+
+    ``resources`` is a shorthand kept from before distributed training: ``nproc`` N is N processes
+    on one node (DDP unless a launcher or a spec says otherwise), ``launcher`` names the engine.
+    Given together with ``distributed``, they must agree with it (a contradiction is a 400, not a
+    silent choice of one of them).
+    """
+    nproc, launcher = resources.get("nproc"), resources.get("launcher", "auto")
+    if raw is None:
+        strategy = LAUNCHER_STRATEGY.get(launcher, "none")
+        if strategy == "none" and (nproc or 1) > 1:
+            if launcher == "single":
+                raise _bad(
+                    f"resources.launcher 'single' runs one process, but resources.nproc is {nproc}.",
+                    "resources.launcher",
+                    code=INVALID_DISTRIBUTED,
+                    suggestion="Drop launcher (or set 'torchrun') to train with DDP on nproc processes, "
+                    "or set nproc 1.",
+                )
+            strategy = "ddp"
+        raw = {"strategy": strategy, "nproc_per_node": nproc or 1}
+    if not isinstance(raw, dict):
+        raise _bad(
+            'distributed must be an object like {"strategy": "ddp", "nproc_per_node": 2}.',
+            "distributed",
+            code="invalid_type",
+            suggestion=f"See {DISTRIBUTED_DOCS} for the fields and when to choose each strategy.",
+        )
+    try:
+        spec = DistributedSpec.from_dict(raw)
+    except ConfigError as exc:
+        raise distributed_error(exc) from exc
+    if nproc is not None and nproc != spec.nproc_per_node:
+        raise _bad(
+            f"resources.nproc {nproc} contradicts distributed.nproc_per_node {spec.nproc_per_node}.",
+            "resources.nproc",
+            code=INVALID_DISTRIBUTED,
+            suggestion="Drop resources.nproc: distributed.nproc_per_node sets the processes per node.",
+        )
+    if launcher != "auto" and launcher != spec.launcher:
+        raise _bad(
+            f"resources.launcher {launcher!r} contradicts distributed.strategy {spec.strategy!r}, "
+            f"which runs under {spec.launcher!r}.",
+            "resources.launcher",
+            code=INVALID_DISTRIBUTED,
+            suggestion="Drop resources.launcher ('auto'): the strategy picks the launcher "
+            "(ddp and fsdp: torchrun; deepspeed: deepspeed; none: single).",
+        )
+    if spec.nnodes > 1 and not settings.TUNINGLAB.get("MULTI_NODE", False):
+        raise _bad(
+            f"distributed.nnodes {spec.nnodes}: multi-node training is not enabled on this server.",
+            "distributed.nnodes",
+            code="unsupported_resource",
+            suggestion=f"Train on one node (nnodes 1, up to {MAX_NPROC_PER_NODE} processes); an operator may "
+            f"enable multi-node runs with TUNINGLAB_MULTI_NODE=true (see {DISTRIBUTED_DOCS}).",
+        )
+    return spec
 
 
 def _required_str(payload: dict[str, Any], name: str) -> str:
@@ -281,6 +367,8 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
     if integrations not in (None, []):
         raise _bad("integrations are not supported yet; pass [] or omit it.", "integrations", code="unsupported")
     priority = _validate_priority(payload.get("priority", 0))
+    resources = _validate_resources(payload.get("resources"))
+    distributed = _distributed_spec(payload.get("distributed"), resources)
 
     return JobSpec(
         model=model,
@@ -294,7 +382,8 @@ def job_spec_from_payload(payload: Any) -> JobSpec:
         model_name=model_name,
         metadata=_validate_metadata(payload.get("metadata")),
         priority=priority,
-        resources=_validate_resources(payload.get("resources")),
+        resources=resources,
+        distributed=distributed,
         promote_to=promote_to,
         hyperparameters_param=hp_param,
     )

@@ -7,10 +7,12 @@ Plain functions rather than DRF serializer classes: the output is read-only, and
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import PurePath
 from typing import Any
 
 from django.utils import timezone
 
+from lora_engine.distributed import DistributedSpec
 from registry.naming import fine_tuned_model_name
 from tunings.hyperparameters import OPENAI_HYPERPARAMETERS
 from tunings.models import Checkpoint, JobEvent, TuningJob
@@ -30,6 +32,19 @@ def _estimated_finish(job: TuningJob) -> int | None:
 def progress_text(job: TuningJob) -> str:
     """``"60%"``: floor, so 99.7 % of a running job never reads as done."""
     return f"{int(job.progress or 0)}%"
+
+
+def launch_config_for_tenant(launch_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's ``launch_config`` with the interpreter named, not located (its path is the server's).
+
+    The rest is generated from the job alone: launcher flags, the config file relative to the job
+    dir, the DeepSpeed config.
+    """
+    out = dict(launch_config or {})
+    argv = out.get("argv")
+    if isinstance(argv, list) and argv:
+        out["argv"] = [PurePath(str(argv[0])).name, *argv[1:]]
+    return out
 
 
 def job_to_dict(job: TuningJob, *, queue_info: QueueInfo) -> dict[str, Any]:
@@ -94,6 +109,9 @@ def job_to_dict(job: TuningJob, *, queue_info: QueueInfo) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "priority": job.priority,
         "resources": job.resources or {},
+        # The full spec, defaults filled in ({} on the row is one process).
+        "distributed": DistributedSpec.from_dict(job.distributed or None).to_dict(),
+        "launch_config": launch_config_for_tenant(job.launch_config),
         "queue": job.queue,
         "queue_position": queue_info.position,
         "estimated_start": unix(queue_info.estimated_start),

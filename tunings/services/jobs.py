@@ -13,14 +13,16 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from lora_engine.distributed import DistributedSpec, check_compatible
+from lora_engine.errors import ConfigError
 from registry.models import BaseModel
 from registry.naming import default_model_name
 from tuninglab.errors import IdempotencyError, InvalidRequestError, NotFoundError, TooManyRequestsError
 from tuninglab.services import user_row_lock
-from tunings.hyperparameters import check_run_limits, resolve_hyperparameters
+from tunings.hyperparameters import HYPERPARAMETERS, check_run_limits, resolve_hyperparameters
 from tunings.models import JobEvent, TrainingFile, TuningJob
 from tunings.selectors.queue import waiting_count
-from tunings.serializers.job_request import JobSpec
+from tunings.serializers.job_request import INVALID_DISTRIBUTED, JobSpec, distributed_error
 from tunings.services.dispatch import dispatch_job
 from tunings.services.state import job_event_add, tuning_job_queue
 
@@ -79,6 +81,56 @@ def _check_queued_quota(*, owner: Any) -> None:
         )
 
 
+def _check_distributed(*, spec: DistributedSpec, method: str, batch_size: int, hp_param: str) -> None:
+    """Refuse a process layout the run cannot train with (400 ``invalid_distributed``).
+
+    After ``"auto"`` is resolved: whether the batch splits over the processes depends on it.
+    """
+    top = int(HYPERPARAMETERS["batch_size"].high)
+    if spec.world_size > top:
+        raise InvalidRequestError(
+            f"{spec.world_size} processes (nproc_per_node x nnodes) is more than the largest batch_size ({top}): "
+            "each process needs at least one example of every batch.",
+            code=INVALID_DISTRIBUTED,
+            param="distributed.nproc_per_node",
+            suggestion=f"Use at most {top} processes in all.",
+        )
+    try:
+        check_compatible(spec, method=method, batch_size=batch_size)
+    except ConfigError as exc:
+        if exc.param != "batch_size":
+            raise distributed_error(exc) from exc
+        fits = -(-batch_size // spec.world_size) * spec.world_size
+        raise InvalidRequestError(
+            f"{exc.message}.",
+            code=INVALID_DISTRIBUTED,
+            param=f"{hp_param}.batch_size",
+            suggestion=f'Set batch_size to a multiple of {spec.world_size} (e.g. {fits}), or leave it "auto".',
+        ) from exc
+
+
+def _layout(spec: DistributedSpec) -> str:
+    """`` (deepspeed ZeRO-3, 4 processes on 2 nodes)`` for the created event; "" for one process."""
+    if not spec.is_distributed:
+        return ""
+    engine = f"deepspeed ZeRO-{spec.zero_stage}" if spec.strategy == "deepspeed" else spec.strategy
+    nodes = f" on {spec.nnodes} nodes" if spec.nnodes > 1 else ""
+    procs = f"{spec.world_size} process" + ("es" if spec.world_size != 1 else "")
+    return f" ({engine}, {procs}{nodes})"
+
+
+def tuning_job_record_launch(*, job_id: str, token: int, launch_config: dict[str, Any]) -> bool:
+    """Store what the worker launches for the attempt holding ``token`` (argv, DeepSpeed config).
+
+    Call it inside the attempt's fenced transaction, before the process starts: the row then
+    shows what ran even when the launch fails. False when the attempt no longer owns the job.
+    """
+    updated = TuningJob.objects.filter(id=job_id, status=TuningJob.Status.RUNNING, fencing_token=token).update(
+        launch_config=launch_config
+    )
+    return updated == 1
+
+
 def queue_for_resources(resources: dict[str, Any]) -> str:
     """Celery queue by resources: any GPU → ``gpu``, else ``cpu``."""
     return "gpu" if int(resources.get("gpus") or 0) > 0 else "cpu"
@@ -125,6 +177,8 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         InvalidRequestError: unknown base model, unvalidated file, ...
         InvalidRequestError: ``limit_exceeded``, the run is past an operator quota (steps,
             checkpoints, trained tokens); ``param`` names the hyperparameter to change.
+        InvalidRequestError: ``invalid_distributed``, the process layout does not fit the method
+            (QLoRA with FSDP or ZeRO-3) or the resolved batch size.
         IdempotencyError: ``idempotency_key`` already created another job of this owner.
         TooManyRequestsError: ``too_many_queued_jobs``, the owner already has
             ``MAX_QUEUED_JOBS_PER_USER`` jobs waiting to start.
@@ -149,6 +203,13 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         tuning_method=spec.tuning_method,
         example_count=training.example_count,
         parameter_count=base_model.parameter_count,
+        world_size=spec.distributed.world_size,
+    )
+    _check_distributed(
+        spec=spec.distributed,
+        method=spec.tuning_method,
+        batch_size=resolved["batch_size"],
+        hp_param=spec.hyperparameters_param,
     )
     check_run_limits(
         resolved=resolved,
@@ -182,12 +243,14 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
             metadata=spec.metadata,
             priority=spec.priority,
             resources=spec.resources,
+            distributed=spec.distributed.to_dict() if spec.distributed.is_distributed else {},
             queue=queue,
             max_attempts=settings.TUNINGLAB["MAX_ATTEMPTS"],
         )
         job_event_add(
             job_id=job.id,
-            message=f"Job created: {spec.tuning_method} on {base_model.name}; validating files.",
+            message=f"Job created: {spec.tuning_method} on {base_model.name}{_layout(spec.distributed)}; "
+            "validating files.",
             data={"status": TuningJob.Status.VALIDATING_FILES, "hyperparameters": resolved, "queue": queue},
         )
         # Files were validated at upload (status 'processed' checked above), so move on at once.

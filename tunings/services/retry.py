@@ -38,6 +38,7 @@ _COPIED_FIELDS = (
     "metadata",
     "priority",
     "resources",
+    "distributed",
     "queue",
     "max_attempts",
 )

@@ -47,6 +47,7 @@ def create_body(
     lora: Mapping[str, Any] | None,
     priority: int | None,
     resources: Mapping[str, Any] | None,
+    distributed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "training_file": training_file}
     optional = {
@@ -59,6 +60,7 @@ def create_body(
         "lora": dict(lora) if lora is not None else None,
         "priority": priority,
         "resources": dict(resources) if resources is not None else None,
+        "distributed": dict(distributed) if distributed is not None else None,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

@@ -56,6 +56,7 @@ class Tunings:
         lora: Mapping[str, Any] | None = None,
         priority: int | None = None,
         resources: Mapping[str, Any] | None = None,
+        distributed: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> TuningJob:
@@ -69,6 +70,9 @@ class Tunings:
                 ``max_steps``, ``max_seq_len``, ... (``"auto"`` where allowed).
             validation_data: like ``data``, optional.
             lora: ``{"rank", "alpha", "dropout", "target_modules"}``.
+            resources: ``{"gpus", "nproc", "launcher"}``; ``nproc`` > 1 alone trains with DDP.
+            distributed: ``{"strategy": "ddp"|"fsdp"|"deepspeed", "zero_stage", "offload_optimizer",
+                "offload_params", "nproc_per_node", "nnodes", "rdzv_endpoint"}`` (see docs/distributed.md).
             idempotency_key: reuse to make a *deliberate* resend a no-op; by default a fresh
                 key per call, shared by the call's retries.
             timeout: per-request timeout for this call (uploads included).
@@ -92,6 +96,7 @@ class Tunings:
             lora=lora,
             priority=priority,
             resources=resources,
+            distributed=distributed,
         )
         result = self._client._request(
             "POST", TUNINGS_PATH, json=body, timeout=timeout, idempotency_key=idempotency_key
@@ -273,6 +278,7 @@ class AsyncTunings:
         lora: Mapping[str, Any] | None = None,
         priority: int | None = None,
         resources: Mapping[str, Any] | None = None,
+        distributed: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         timeout: TimeoutTypes = NOT_GIVEN,
     ) -> TuningJob:
@@ -294,6 +300,7 @@ class AsyncTunings:
             lora=lora,
             priority=priority,
             resources=resources,
+            distributed=distributed,
         )
         result = await self._client._request(
             "POST", TUNINGS_PATH, json=body, timeout=timeout, idempotency_key=idempotency_key

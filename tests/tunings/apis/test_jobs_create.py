@@ -124,19 +124,14 @@ def test_it_accepts_the_single_process_resources_that_actually_run(api_client, j
         assert TuningJob.objects.get(id=response.json()["id"]).resources == resources
 
 
-def test_it_refuses_distributed_resources_instead_of_ignoring_them(api_client, job_body, dispatched):
-    for param, resources in (
-        ("resources.nproc", {"gpus": 4, "nproc": 4}),
-        ("resources.launcher", {"launcher": "torchrun"}),
-    ):
+def test_distributed_resources_now_make_a_distributed_job(api_client, job_body, dispatched):
+    # resources.nproc > 1 alone means DDP; resources.launcher picks the engine (tests/tunings/test_distributed_api.py
+    # covers the rest of the distributed field).
+    for resources, strategy in (({"gpus": 4, "nproc": 4}, "ddp"), ({"launcher": "deepspeed"}, "deepspeed")):
         response = post(api_client, {**job_body, "resources": resources})
-        assert response.status_code == 400
-        error = response.json()["error"]
-        assert (error["code"], error["param"]) == ("unsupported_resource", param)
-        assert "not available yet" in error["suggestion"]
-        assert f"omit {param}" in error["suggestion"]
-    assert TuningJob.objects.count() == 0
-    assert dispatched == []
+        assert response.status_code == 200, response.json()
+        assert response.json()["distributed"]["strategy"] == strategy
+    assert TuningJob.objects.count() == 2
 
 
 def test_it_keeps_the_job_queued_when_no_worker_can_be_reached(
@@ -228,11 +223,10 @@ def test_it_answers_201_on_our_own_create_routes(api_client, job_body, dispatche
         ({"priority": -101}, 400, "invalid_value", "priority"),
         ({"resources": {"gpus": -1}}, 400, "invalid_value", "resources.gpus"),
         ({"resources": {"tpus": 1}}, 400, "unknown_parameter", "resources.tpus"),
-        ({"resources": {"nproc": 2}}, 400, "unsupported_resource", "resources.nproc"),
+        ({"resources": {"nproc": 65}}, 400, "invalid_value", "resources.nproc"),
         ({"resources": {"nproc": 0}}, 400, "invalid_value", "resources.nproc"),
         ({"resources": {"nproc": "2"}}, 400, "invalid_value", "resources.nproc"),
-        ({"resources": {"launcher": "torchrun"}}, 400, "unsupported_resource", "resources.launcher"),
-        ({"resources": {"launcher": "deepspeed"}}, 400, "unsupported_resource", "resources.launcher"),
+        ({"resources": {"launcher": "mpirun"}}, 400, "invalid_value", "resources.launcher"),
         ({"integrations": [{"type": "wandb"}]}, 400, "unsupported", "integrations"),
         ({"learning_rate": 0.1}, 400, "unknown_parameter", "learning_rate"),
     ],
