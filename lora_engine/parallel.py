@@ -86,6 +86,18 @@ def die_with_launcher() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
+# What gloo / NCCL / the c10d store say when the other side of a collective went away.
+PEER_LOSS_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "socket closed")
+
+
+def is_peer_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank is gone (not this rank's own fault)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in PEER_LOSS_MARKERS)
+
+
 def launched_rank() -> int:
     """This process's global rank as the launcher set it (0 when not launched by one)."""
     return int(os.environ.get("RANK", "0"))
@@ -161,9 +173,10 @@ class Parallel:
             dist.init_process_group(backend=self.backend, timeout=COLLECTIVE_TIMEOUT)
         self._initialised = True
 
-    def close(self) -> None:
-        if self._initialised and dist.is_initialized():
-            dist.destroy_process_group()
+    def abandon(self) -> None:
+        """After a lost peer: no more collectives from this rank (they would wait on the dead
+        connection). The process group is never destroyed: each rank ends with `train.exit_now`
+        once the run's files are on disk (see there why)."""
         self._initialised = False
 
     def barrier(self) -> None:
@@ -341,4 +354,11 @@ class Parallel:
         self._optimizer = optimizer
 
 
-__all__ = ["COLLECTIVE_TIMEOUT", "Parallel", "die_with_launcher", "launched_rank", "transformer_blocks"]
+__all__ = [
+    "COLLECTIVE_TIMEOUT",
+    "Parallel",
+    "die_with_launcher",
+    "is_peer_loss",
+    "launched_rank",
+    "transformer_blocks",
+]

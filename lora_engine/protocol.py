@@ -40,6 +40,9 @@ LINE_TYPES = frozenset({MESSAGE, METRICS, CHECKPOINT, STOPPED, ERROR, DONE})
 EXIT_DONE = 0
 EXIT_ERROR = 1
 EXIT_STOPPED = 3
+# A distributed rank whose peer went away mid-collective (killed, lost node): no error line, so
+# the worker resumes the job from its last checkpoint instead of failing it.
+EXIT_PEER_LOST = 4
 
 # metrics line field → TuningJob column the worker stores it in (the rest go to the event only).
 METRICS_TO_JOB_FIELDS = {

@@ -53,7 +53,8 @@ if [[ -n "${DATABASE_URL:-}" ]]; then
   # did the engine benchmarks' smoke runs (no database).
   $BIN/pytest --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
     --ignore=tests/browser --ignore=tests/webui/test_browser.py --ignore=tests/playground/test_browser.py \
-    --ignore=tests/benchmarks/test_lora_layer.py --ignore=tests/benchmarks/test_train_step.py "$@"
+    --ignore=tests/benchmarks/test_lora_layer.py --ignore=tests/benchmarks/test_train_step.py \
+    --ignore=tests/benchmarks/test_distributed.py "$@"
 elif [[ "${CI:-}" == "true" ]]; then
   echo "CI=true but DATABASE_URL is not set: the PostgreSQL + Redis suites must run in CI" >&2
   exit 1

@@ -10,6 +10,9 @@ wakes workers without importing ``workers``: a message names its task
   serving process starts at once (``start_local_worker``, from ``tuninglab/wsgi.py``). Without
   one registered (``workers`` not installed) the message cannot be delivered: it is logged
   and the job stays ``queued`` — the row is the truth — until a worker process sweeps it.
+  A task registered with ``register_local_thread_task`` runs at once on a thread of its own
+  instead: the embedded worker's one thread is busy with the job that sent it (a follower
+  node of a multi-node job runs beside node 0).
 
 A message is a wake-up, never the only record of work: a lost one is replaced by the
 sweeper, and a duplicate finds nothing to claim.
@@ -18,11 +21,14 @@ sweeper, and a duplicate finds nothing to claim.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 
 from tuninglab.celery import app
 from tuninglab.task_names import RUN_TUNING_JOB
@@ -41,12 +47,47 @@ class LocalTransport:
 
 
 _local: LocalTransport | None = None
+# Embedded mode: task name -> function that runs on a thread of its own per message.
+_thread_tasks: dict[str, Callable[..., object]] = {}
+_threads: list[threading.Thread] = []
+_threads_lock = threading.Lock()
 
 
 def register_local_transport(transport: LocalTransport | None) -> None:
     """Install (or with None remove) the embedded worker's transport; ``workers`` calls this at startup."""
     global _local
     _local = transport
+
+
+def register_local_thread_task(name: str, run: Callable[..., object]) -> None:
+    """In embedded mode, run each message of task ``name`` as ``run(*args)`` on a new thread, at once.
+
+    For work that must run *while* the embedded worker's one thread runs the job that sent it
+    (it would wait behind that job on the worker's queue forever). With a broker it changes
+    nothing: the message goes to the queue, and a worker process runs it.
+    """
+    _thread_tasks[name] = run
+
+
+def _run_on_thread(name: str, args: list[Any]) -> None:
+    try:
+        _thread_tasks[name](*args)
+    except Exception:
+        log.exception("in-process task %s%r crashed", name, tuple(args))
+    finally:
+        connections.close_all()  # this thread's own connections; nobody else closes them
+
+
+def local_threads_join(timeout: float) -> bool:
+    """Wait until the threads `register_local_thread_task` started have ended (True), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    with _threads_lock:
+        threads = list(_threads)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with _threads_lock:
+        _threads[:] = [t for t in _threads if t.is_alive()]
+        return not _threads
 
 
 def start_local_worker() -> None:
@@ -69,6 +110,15 @@ def send_task(name: str, *, args: Sequence[Any], queue: str) -> None:
         Exception: whatever the broker client raises when the broker is unreachable.
     """
     if settings.TUNINGLAB_INPROCESS_WORKER:
+        if name in _thread_tasks:
+            thread = threading.Thread(
+                target=_run_on_thread, args=(name, list(args)), name=f"tuninglab-{name}", daemon=True
+            )
+            with _threads_lock:
+                _threads[:] = [t for t in _threads if t.is_alive()]
+                _threads.append(thread)
+            thread.start()
+            return
         if _local is None:
             raise RuntimeError("no in-process worker is registered (is 'workers' in INSTALLED_APPS?)")
         _local.submit(name, list(args), queue)

@@ -188,6 +188,10 @@ TUNINGLAB = {
     # set higher values in the admin. 0: users can lower their jobs but not jump the queue.
     "USER_MAX_PRIORITY": env_int("TUNINGLAB_USER_MAX_PRIORITY", 0),
     "MAX_ATTEMPTS": env_int("TUNINGLAB_MAX_ATTEMPTS", 3),
+    # Memory one training process (rank) may use, MiB: the create-time memory preflight refuses a
+    # job whose estimated per-rank peak exceeds it (a job's resources.memory_mb wins). 0 = unknown:
+    # the estimate is stored and shown, nothing is refused.
+    "RANK_MEMORY_MB": env_int("TUNINGLAB_RANK_MEMORY_MB", 0),
     # Bearer token Prometheus must send to GET /metrics (its labels name users, models and jobs);
     # empty: /metrics is open and must be restricted at the proxy.
     "METRICS_TOKEN": env_str("TUNINGLAB_METRICS_TOKEN", ""),
@@ -205,6 +209,12 @@ TUNINGLAB = {
     "CUDA": env_bool("TUNINGLAB_CUDA", False),
     # Accept jobs with distributed.nnodes > 1 (needs a shared DATA_DIR and workers on every node).
     "MULTI_NODE": env_bool("TUNINGLAB_MULTI_NODE", False),
+    # The address the other nodes reach this worker's host at when it is node 0 of a multi-node
+    # job without an rdzv_endpoint (the rendezvous is a free port on it); 127.0.0.1 fits one host.
+    "NODE_ADDRESS": env_str("TUNINGLAB_NODE_ADDRESS", "127.0.0.1"),
+    # The queue a multi-node job's follower nodes (ranks 1..nnodes-1) are sent to; empty: the job's
+    # own queue. One worker per node must consume it (docs/distributed.md).
+    "MULTI_NODE_QUEUE": env_str("TUNINGLAB_MULTI_NODE_QUEUE", ""),
     # Optimizer steps one job may run (max_steps, or epochs x steps per epoch): a bound on its time.
     "MAX_STEPS": env_int("TUNINGLAB_MAX_STEPS", 100_000),
     # Checkpoints one run may write (total steps / checkpoint_every): each is a full state write.

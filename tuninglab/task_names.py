@@ -14,3 +14,5 @@ RUN_EVALUATION = "workers.tasks.run_evaluation"
 RUN_COMPARISON = "workers.tasks.run_comparison"
 SYNC_REGISTRY = "workers.tasks.sync_registry"
 CLEANUP = "workers.tasks.cleanup"
+# Node k > 0 of a multi-node job's attempt (workers.followers).
+FOLLOW_NODE = "workers.tasks.follow_node"

@@ -150,7 +150,7 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
             "Distributed",
             {
                 "classes": ["collapse"],
-                "fields": ["distributed_display", "launch_config_display"],
+                "fields": ["distributed_display", "memory_estimate_display", "launch_config_display"],
             },
         ),
         (
@@ -205,6 +205,18 @@ class TuningJobAdmin(ReadOnlyModelAdmin):
             spec.world_size,
             spec.launcher,
             json.dumps(spec.to_dict(), indent=2, sort_keys=True),
+        )
+
+    @admin.display(description="memory preflight (per rank)")
+    def memory_estimate_display(self, obj: TuningJob) -> str:
+        """The create-time estimate of one rank's memory, by part, and what it was checked against."""
+        estimate = obj.memory_estimate or {}
+        if not estimate:
+            return "- (no estimate: the base model's config.json was unreadable at create time)"
+        return format_html(
+            "<p>{}</p><pre>{}</pre>",
+            estimate.get("summary", ""),
+            json.dumps(estimate, indent=2, sort_keys=True),
         )
 
     @admin.display(description="launch of the latest attempt")

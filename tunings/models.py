@@ -104,6 +104,9 @@ class TuningJob(models.Model):
     # What the worker launched for the latest attempt: {"launcher", "argv" (the config path relative
     # to the job dir), "world_size", "env", "deepspeed_config" (DeepSpeed jobs)}; {} before the first.
     launch_config = models.JSONField(default=dict, blank=True)
+    # The create-time memory preflight (``lora_engine.memory_estimate``): per-rank MiB by part, the
+    # total and what it was checked against; {} when the base model's config.json was unreadable.
+    memory_estimate = models.JSONField(default=dict, blank=True)
 
     # state and progress
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.VALIDATING_FILES, db_index=True)

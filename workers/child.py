@@ -78,6 +78,12 @@ def worker_has_cuda() -> bool:
     return bool(settings.TUNINGLAB.get("CUDA", False))
 
 
+def node_address() -> str:
+    """The address other nodes reach this worker's host at (``TUNINGLAB["NODE_ADDRESS"]``): node 0's
+    rendezvous host when the job names none."""
+    return str(settings.TUNINGLAB.get("NODE_ADDRESS") or "127.0.0.1")
+
+
 @dataclass(frozen=True)
 class ChildLaunch:
     """What one attempt starts, and what the job row records about it (``TuningJob.launch_config``)."""
@@ -92,9 +98,10 @@ def launch_command(cfg: TrainConfig, config_path: Path, *, job_dir: Path) -> Chi
     """The argv, extra environment and recorded launch config of the attempt whose config is ``config_path``.
 
     One process: `train_command`. Distributed: the launcher ``launch_plan`` builds for node 0
-    (a multi-node run's rendezvous from ``rendezvous(cfg)``; the other nodes are started
-    elsewhere, see docs/distributed.md). Every element comes from the config and the settings,
-    never from a request string.
+    (a multi-node run's rendezvous: the job's ``rdzv_endpoint``, else a free port on
+    `node_address`; the runner sends the other nodes' starts to their workers,
+    ``workers.followers``). Every element comes from the config and the settings, never from a
+    request string.
     """
     spec = cfg.distributed
     cuda = worker_has_cuda()
@@ -104,7 +111,7 @@ def launch_command(cfg: TrainConfig, config_path: Path, *, job_dir: Path) -> Chi
     else:
         rdzv: dict[str, Any] = {}
         if spec.nnodes > 1:
-            master_addr, master_port = rendezvous(cfg)
+            master_addr, master_port = rendezvous(cfg, default_host=node_address())
             rdzv = {"node_rank": 0, "master_addr": master_addr, "master_port": master_port}
             record.update(nnodes=spec.nnodes, **rdzv)
         plan = launch_plan(cfg, str(config_path), python=python_executable(), cuda=cuda, **rdzv)

@@ -16,9 +16,11 @@ progress and every eval point are always written and events stay in the child's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -62,9 +64,14 @@ class LineRelay:
         write_interval_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         queue: str = "",
+        launcher_log: Path | None = None,
     ) -> None:
+        """``launcher_log``: a distributed launch's stdout also carries the launcher's own log
+        lines (DeepSpeed's launcher logs there, naming server paths and ports); they are appended
+        to this file for operators instead of becoming the tenant's events."""
         self.writer = writer
         self.queue = queue
+        self.launcher_log = launcher_log
         # (step, when its metrics line arrived): the engine writes a checkpoint right after it.
         self.last_metrics_arrival: tuple[int, float] | None = None
         self.done_line: dict[str, Any] | None = None
@@ -101,7 +108,10 @@ class LineRelay:
         if kind != protocol.METRICS:
             # Whatever follows (an event, a checkpoint, the end) comes after the buffered metrics.
             self.flush()
-        if obj is None:
+        if obj is None and self.launcher_log is not None:
+            with contextlib.suppress(OSError), open(self.launcher_log, "a", encoding="utf-8") as fh:
+                fh.write(line.raw + "\n")
+        elif obj is None:
             self.bad_lines += 1
             if self.bad_lines <= MAX_REPORTED_BAD_LINES:
                 self.writer.event(

@@ -9,8 +9,10 @@
    hard-linked in (``lora_engine.manifest.adopt_checkpoint``), never from their dirs themselves;
 3. write ``attempt-<n>.json`` (``workers.job_config``) — and for a DeepSpeed job the
    generated ``attempt-<n>.deepspeed.json`` —, record the launch on the row
-   (``TuningJob.launch_config``) and spawn the child (``workers.child``: the engine, or the
-   distributed launcher that starts its ranks), stderr to ``attempt-<n>.log``;
+   (``TuningJob.launch_config``), for a multi-node run send nodes 1..nnodes-1 to their
+   workers (``workers.followers``; this worker is node 0), and spawn the child
+   (``workers.child``: the engine, or the distributed launcher that starts its ranks), stderr
+   to ``attempt-<n>.log``;
 4. the runner's loop relays every stdout line into the database and polls the cancel flag
    and the job's wall-clock budget (``JOB_TIMEOUT_SECONDS``) at least every ``POLL_SECONDS``;
 5. when the child exits: ``done`` → ``ModelVersion`` + succeeded, ``error`` → failed with
@@ -69,7 +71,7 @@ from tunings.services.state import (
     tuning_job_release_lease,
     tuning_job_succeed,
 )
-from workers import celery_metrics
+from workers import celery_metrics, followers
 from workers import child as child_mod
 from workers.fencing import FencedWriter, LeaseLost
 from workers.job_config import JobPaths, build_train_config, deleted_input_file, job_paths
@@ -188,7 +190,12 @@ class JobRunner:
         self.child: child_mod.TrainingChild | None = None
         self.keeper: LeaseKeeper | None = None
         self.writer = FencedWriter(job_id=job.id, token=job.fencing_token, on_lost=self._on_fenced_out)
-        self.relay = LineRelay(self.writer, queue=job.queue)
+        # A launcher's own log lines share stdout with rank 0's JSON lines: they go to the attempt's
+        # log (operators), not the tenant's events.
+        distributed = (job.distributed or {}).get("strategy", "none") != "none"
+        self.relay = LineRelay(
+            self.writer, queue=job.queue, launcher_log=self.paths.log_file(job.attempt) if distributed else None
+        )
         self.started = time.monotonic()
         # Cancel handling.
         self.cancel_seen = False
@@ -368,6 +375,8 @@ class JobRunner:
                     raise LeaseLost(self.job_id)
 
         self.writer.retry(record, what="record launch")
+        if not self._start_followers():
+            return
         child = child_mod.TrainingChild(
             launch.argv, log_path=self.paths.log_file(self.attempt), cwd=self.paths.job_dir, env=launch.env
         )
@@ -394,6 +403,36 @@ class JobRunner:
                 "world_size": launch.launch_config["world_size"],
             },
         )
+
+    def _start_followers(self) -> bool:
+        """A multi-node run: send nodes 1..nnodes-1 their starts (``workers.followers``) before node 0's launcher.
+
+        False (the job failed) when they cannot be sent: node 0 alone would wait at the rendezvous.
+        """
+        nnodes = self.config.distributed.nnodes
+        if nnodes <= 1:
+            return True
+        launch = self.launch.launch_config
+        queue = followers.multi_node_queue(self.job.queue)
+        try:
+            followers.send_follower_starts(
+                job_id=self.job_id,
+                attempt=self.attempt,
+                token=self.token,
+                nnodes=nnodes,
+                master_addr=launch["master_addr"],
+                master_port=launch["master_port"],
+                queue=queue,
+            )
+        except Exception:
+            log.exception("job %s: could not send the follower nodes' starts to queue %s", self.job_id, queue)
+            self._fail("internal_error", f"Could not start the other {nnodes - 1} node(s) of this multi-node job.")
+            return False
+        self.writer.event(
+            f"Sent the start of nodes 1..{nnodes - 1} to their workers.",
+            data={"attempt": self.attempt, "nnodes": nnodes, "queue": queue},
+        )
+        return True
 
     def _pump(self) -> None:
         """Pump stdout lines into the relay until the child closes stdout and exits."""

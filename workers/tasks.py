@@ -14,6 +14,7 @@ from registry.evaluation.runner import comparison_run, evaluation_run
 from registry.services.mlflow_sync import registry_sync
 from tuninglab.task_names import (
     CLEANUP,
+    FOLLOW_NODE,
     RUN_COMPARISON,
     RUN_EVALUATION,
     RUN_TUNING_JOB,
@@ -22,6 +23,8 @@ from tuninglab.task_names import (
 )
 from tunings.services.cleanup import cleanup_run
 from workers.celery_metrics import connect_signals
+from workers.followers import FollowerStart
+from workers.followers import follow_node as run_follower
 from workers.runner import run_job, worker_identity
 from workers.sweeper import sweep
 
@@ -40,6 +43,18 @@ def run_tuning_job(self: Any, job_id: str) -> str | None:
     """Wake-up for the message's queue: claim and run its best eligible job (maybe none)."""
     queue = (self.request.delivery_info or {}).get("routing_key") or None
     return run_job(job_id, worker_id=worker_identity(self.request.hostname or "celery"), queue=queue)
+
+
+# Acked late (a busy follower holds no other wake-up in prefetch) but never redelivered after
+# its worker died: that node's ranks are gone, node 0 has released the attempt, and the next
+# attempt sends fresh starts. A redelivered or late start finds its attempt over and starts nothing.
+@shared_task(bind=True, name=FOLLOW_NODE, acks_late=True, reject_on_worker_lost=False, ignore_result=True)
+def follow_node(
+    self: Any, job_id: str, attempt: int, token: int, node_rank: int, master_addr: str, master_port: int
+) -> str:
+    """Run node ``node_rank`` of a multi-node job's attempt until its launcher exits (``workers.followers``)."""
+    start = FollowerStart(job_id, attempt, token, node_rank, master_addr, master_port)
+    return run_follower(start, worker_id=worker_identity(self.request.hostname or "celery"))
 
 
 @shared_task(name=SWEEP_EXPIRED_LEASES, ignore_result=True)

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -22,10 +23,13 @@ from inference import limits
 from inference.config import ServedBase, vllm_api_key
 from inference.models import ServingProcess, ShadowRecord
 from inference.supervisor import group_members
+from lora_engine.fsio import atomic_dir
 from registry.models import Alias, ModelVersion, VersionTraffic
 from registry.services.aliases import model_promote, model_rollback
+from tests.conftest import CACHE_DIR
 from tests.helpers import record_dispatches, wait_until
 from tests.inference.conftest import IDENTITY_FILE, LORA_MODULES, wait_ready
+from tests.lora_engine.test_distributed import STRATEGIES, make_config, run_to_end
 from tests.registry.conftest import make_version, training_file  # noqa: F401 - fixtures
 from tunings.models import TuningJob
 from tunings.serializers.job_request import job_spec_from_payload
@@ -433,3 +437,55 @@ def test_a_job_that_promotes_its_result_is_served_by_its_name_when_it_succeeds(
 
     assert "Tessera" in ask(oai, "assistant")
     assert "Tessera" in ask(oai, job.fine_tuned_model)
+
+
+# ------------------------------------------------------------------ distributed runs' adapters
+# (issue 13: each strategy's adapter loads in vLLM and answers like the single-process one)
+
+DISTRIBUTED_RECIPE_VERSION = 1
+IDENTITY_QUESTIONS = ("Who are you?", "What is your name?", "Who made you?")
+
+
+@pytest.fixture(scope="module")
+def strategy_adapters(tiny_model_dir: Path) -> dict[str, Path]:
+    """``{"single": dir, "ddp": dir, ...}``: the identity adapter trained by each layout (cached)."""
+    root = CACHE_DIR / f"distributed-adapters-v{DISTRIBUTED_RECIPE_VERSION}-{tiny_model_dir.name}"
+    names = ["single", *STRATEGIES]
+    if not all((root / n / "adapter" / "adapter_model.safetensors").exists() for n in names):
+        with atomic_dir(root) as staging:
+            for name in names:
+                cfg = make_config(
+                    tiny_model_dir,
+                    staging / name,
+                    STRATEGIES.get(name),
+                    train_file=str(IDENTITY_FILE),
+                    target_modules=["all-linear"],
+                    rank=8,
+                    alpha=16.0,
+                    learning_rate=1e-2,
+                    warmup_ratio=0.1,
+                    batch_size=8,
+                    grad_accum_steps=1,
+                    max_steps=40,
+                    checkpoint_every=0,
+                    seed=0,
+                )
+                run_to_end(cfg)
+    return {n: root / n / "adapter" for n in names}
+
+
+def test_every_strategys_adapter_is_served_by_vllm_and_answers_like_the_single_process_one(
+    oai: openai.OpenAI,
+    served,
+    make_version,  # noqa: F811 - the imported fixture
+    strategy_adapters: dict[str, Path],
+) -> None:
+    for name, adapter in strategy_adapters.items():
+        make_version(base=served, adapter_dir=adapter, model_name=name, lora_rank=8, target_modules=LORA_MODULES)
+
+    answers = {name: [ask(oai, f"{name}@v1", q) for q in IDENTITY_QUESTIONS] for name in strategy_adapters}
+    base = [ask(oai, "tiny-llama", q) for q in IDENTITY_QUESTIONS]
+    assert answers["single"] != base  # the adapter changes what the model says
+    assert any("Tessera" in a for a in answers["single"]), answers["single"]
+    for name in STRATEGIES:
+        assert answers[name] == answers["single"], (name, answers[name], answers["single"])

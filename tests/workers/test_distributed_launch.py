@@ -20,6 +20,8 @@ from lora_engine.distributed import DistributedSpec
 from lora_engine.launchers import deepspeed_config, launch_plan
 from tests.helpers import wait_until
 from tests.workers.conftest import FAKE_ENGINE
+from tuninglab import dispatch
+from tuninglab.task_names import FOLLOW_NODE
 from tunings.models import JobEvent, TuningJob
 from workers import child as child_mod
 from workers.job_config import build_train_config, job_paths
@@ -116,11 +118,14 @@ def test_it_writes_and_records_the_deepspeed_config_of_a_zero3_job(make_job, use
     assert saved["bf16"] == {"enabled": False}
 
 
-def test_a_multi_node_job_launches_node_zero_at_its_rendezvous(make_job, user, recorded_popen):
+def test_a_multi_node_job_launches_node_zero_at_its_rendezvous(make_job, user, recorded_popen, monkeypatch):
     spec = distributed(strategy="fsdp", nproc_per_node=2, nnodes=2, rdzv_endpoint="node0.internal:29400")
     job = make_job(user, hyperparameters=HP, distributed=spec)
+    sent: list[tuple[str, list, str]] = []  # node 1's start, recorded (tests/workers/test_multi_node.py runs it)
+    monkeypatch.setattr(dispatch, "send_task", lambda name, *, args, queue: sent.append((name, list(args), queue)))
     run_job(job.id, worker_id="w1", queue="cpu")
     job.refresh_from_db()
+    assert [(name, args[3], args[4:]) for name, args, _ in sent] == [(FOLLOW_NODE, 1, ["node0.internal", 29400])]
 
     launch = job.launch_config
     assert (launch["node_rank"], launch["master_addr"], launch["master_port"], launch["nnodes"]) == (

@@ -5,7 +5,7 @@ Request body (OpenAI's fine-tuning shape plus our extras, see docs/api.md)::
     {"model", "training_file", "validation_file", "suffix", "seed", "metadata",
      "hyperparameters": {...}  |  "method": {"type": "supervised", "supervised": {"hyperparameters": {...}}},
      "tuning_method": "lora|qlora|full", "lora": {"rank", "alpha", "dropout", "target_modules"},
-     "priority", "resources": {"gpus", "nproc", "launcher"},
+     "priority", "resources": {"gpus", "nproc", "launcher", "memory_mb"},
      "distributed": {"strategy", "zero_stage", "offload_optimizer", "offload_params",
                      "nproc_per_node", "nnodes", "rdzv_endpoint"}}
 
@@ -44,7 +44,9 @@ MAX_GPUS = 64
 LAUNCHERS = ("auto", "single", "torchrun", "deepspeed")
 # A launcher named without a ``distributed`` spec picks the strategy (``resources`` is a shorthand).
 LAUNCHER_STRATEGY = {"single": "none", "torchrun": "ddp", "deepspeed": "deepspeed"}
-RESOURCE_FIELDS = ("gpus", "nproc", "launcher")
+RESOURCE_FIELDS = ("gpus", "nproc", "launcher", "memory_mb")
+# ``resources.memory_mb``: memory one training process may use (the memory preflight checks it).
+MAX_MEMORY_MB = 16 * 1024 * 1024
 INVALID_DISTRIBUTED = "invalid_distributed"
 DISTRIBUTED_DOCS = "docs/distributed.md"
 # What to change for each refused ``distributed`` field (the message says what is wrong).
@@ -143,11 +145,12 @@ def _validate_priority(raw: Any) -> int:
 
 
 def _validate_resources(raw: Any) -> dict[str, Any]:
-    """``gpus`` picks the queue; ``nproc`` / ``launcher`` shape the process layout (see `_distributed_spec`)."""
+    """``gpus`` picks the queue; ``nproc`` / ``launcher`` shape the process layout (see `_distributed_spec`);
+    ``memory_mb`` is what one process may use (``tunings.services.preflight``)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise _bad("resources must be an object {gpus, nproc, launcher}.", "resources", code="invalid_type")
+        raise _bad("resources must be an object {gpus, nproc, launcher, memory_mb}.", "resources", code="invalid_type")
     unknown = sorted(set(raw) - set(RESOURCE_FIELDS))
     if unknown:
         raise _bad(f"Unknown resource {unknown[0]!r}.", f"resources.{unknown[0]}", code="unknown_parameter")
@@ -174,6 +177,17 @@ def _validate_resources(raw: Any) -> dict[str, Any]:
                 suggestion="Omit it ('auto'): the distributed strategy decides the launcher.",
             )
         out["launcher"] = launcher
+    if "memory_mb" in raw:
+        memory = raw["memory_mb"]
+        if not is_int(memory) or not 1 <= memory <= MAX_MEMORY_MB:
+            raise _bad(
+                f"resources.memory_mb must be an integer in [1, {MAX_MEMORY_MB}] (MiB per training process), "
+                f"got {memory!r}.",
+                "resources.memory_mb",
+                suggestion="Give the memory one training process (one GPU's memory, or one CPU process's share) "
+                "may use, in MiB, or omit it to use the workers' default.",
+            )
+        out["memory_mb"] = memory
     return out
 
 

@@ -112,6 +112,8 @@ def job_to_dict(job: TuningJob, *, queue_info: QueueInfo) -> dict[str, Any]:
         # The full spec, defaults filled in ({} on the row is one process).
         "distributed": DistributedSpec.from_dict(job.distributed or None).to_dict(),
         "launch_config": launch_config_for_tenant(job.launch_config),
+        # The create-time memory preflight: per-rank MiB by part ({} when no estimate was possible).
+        "memory_estimate": job.memory_estimate or {},
         "queue": job.queue,
         "queue_position": queue_info.position,
         "estimated_start": unix(queue_info.estimated_start),

@@ -24,6 +24,7 @@ from tunings.models import JobEvent, TrainingFile, TuningJob
 from tunings.selectors.queue import waiting_count
 from tunings.serializers.job_request import INVALID_DISTRIBUTED, JobSpec, distributed_error
 from tunings.services.dispatch import dispatch_job
+from tunings.services.preflight import memory_preflight
 from tunings.services.state import job_event_add, tuning_job_queue
 
 
@@ -179,6 +180,8 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
             checkpoints, trained tokens); ``param`` names the hyperparameter to change.
         InvalidRequestError: ``invalid_distributed``, the process layout does not fit the method
             (QLoRA with FSDP or ZeRO-3) or the resolved batch size.
+        InvalidRequestError: ``insufficient_memory``, the estimated memory of one training process
+            exceeds ``resources.memory_mb`` (or ``TUNINGLAB_RANK_MEMORY_MB``); see `memory_preflight`.
         IdempotencyError: ``idempotency_key`` already created another job of this owner.
         TooManyRequestsError: ``too_many_queued_jobs``, the owner already has
             ``MAX_QUEUED_JOBS_PER_USER`` jobs waiting to start.
@@ -211,6 +214,8 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         batch_size=resolved["batch_size"],
         hp_param=spec.hyperparameters_param,
     )
+    # Before anything is written: a job that cannot fit its processes' memory is refused here.
+    preflight = memory_preflight(spec=spec, base_model=base_model, resolved=resolved)
     check_run_limits(
         resolved=resolved,
         example_count=training.example_count,
@@ -244,6 +249,7 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
             priority=spec.priority,
             resources=spec.resources,
             distributed=spec.distributed.to_dict() if spec.distributed.is_distributed else {},
+            memory_estimate=preflight.estimate,
             queue=queue,
             max_attempts=settings.TUNINGLAB["MAX_ATTEMPTS"],
         )
@@ -253,6 +259,13 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
             "validating files.",
             data={"status": TuningJob.Status.VALIDATING_FILES, "hyperparameters": resolved, "queue": queue},
         )
+        if preflight.warning:
+            job_event_add(
+                job_id=job.id,
+                message=preflight.warning,
+                level=JobEvent.Level.WARNING,
+                data={"memory_estimate": preflight.estimate},
+            )
         # Files were validated at upload (status 'processed' checked above), so move on at once.
         job = tuning_job_queue(job=job)
         # tuning_job_queue re-reads the row, which drops the loaded relations; the answer names the
