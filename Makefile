@@ -35,7 +35,7 @@ test: venv
 
 ## bench: every benchmark in one run (tables on stdout, JSON in benchmarks/results/; docs/benchmarks.md).
 ## Serving and publish latency need .venv-vllm (`make vllm`); the control plane needs PostgreSQL + Redis.
-BENCHMARKS ?= lora_layer train_step serving publish_latency control_plane
+BENCHMARKS ?= lora_layer train_step serving publish_latency control_plane distributed memory_preflight
 bench: venv vllm
 	for name in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$name || exit 1; done
 

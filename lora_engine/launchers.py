@@ -148,8 +148,11 @@ def deepspeed_config(cfg: TrainConfig, *, cuda: bool) -> dict[str, Any]:
         "zero_optimization": zero,
         "bf16": {"enabled": cuda and cfg.precision == "bf16"},
         "fp16": {"enabled": cuda and cfg.precision == "fp16"},
-        # Our AdamW (torch.optim) is the client optimizer, so the run matches the others.
+        # Our AdamW (torch.optim) is the client optimizer, so the run matches the others — with
+        # offload too, where DeepSpeed would rather have its own DeepSpeedCPUAdam (faster on GPU
+        # hosts; a JIT-built op): torch's AdamW then steps the host-resident fp32 partitions.
         "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
         "seed": cfg.seed,
