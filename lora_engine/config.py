@@ -249,19 +249,12 @@ class TrainConfig:
             "memory_limit_mb must be an integer >= 1 or null",
         )
         need(_is_int(self.log_every) and self.log_every >= 1, "log_every", "log_every must be an integer >= 1")
-        check_compatible(self.distributed, method=self.method, batch_size=self.batch_size)
-        spec = self.distributed
-        shards_params = spec.strategy == "fsdp" or (spec.strategy == "deepspeed" and spec.zero_stage == 3)
-        need(
-            not (self.select == "best" and shards_params),
-            "select",
-            'select "best" is not available when parameters are sharded (FSDP, ZeRO-3): it would gather '
-            'the weights at every evaluation; use select "last" with eval_every, or strategy ddp / ZeRO-2',
-        )
-        need(
-            not (self.precision == "fp16" and spec.strategy == "fsdp"),
-            "precision",
-            "fp16 with FSDP needs a sharded gradient scaler the recipe does not use; train in bf16",
+        check_compatible(
+            self.distributed,
+            method=self.method,
+            batch_size=self.batch_size,
+            select=self.select,
+            precision=self.precision,
         )
 
     # --- (de)serialisation -------------------------------------------------------------

@@ -153,8 +153,10 @@ class DistributedSpec:
         return dataclasses.asdict(self)
 
 
-def check_compatible(spec: DistributedSpec, *, method: str, batch_size: int) -> None:
-    """Refuse (``ConfigError`` naming the field) what this spec cannot train with the run's method and batch."""
+def check_compatible(
+    spec: DistributedSpec, *, method: str, batch_size: int, select: str = "last", precision: str = "fp32"
+) -> None:
+    """Refuse (``ConfigError`` naming the field) what this spec cannot train with the run's settings."""
     if not spec.is_distributed:
         return
     if method == "qlora" and spec.strategy == "fsdp":
@@ -170,6 +172,18 @@ def check_compatible(spec: DistributedSpec, *, method: str, batch_size: int) -> 
             "weights cannot be partitioned; use zero_stage 2 (only the LoRA weights' optimizer states and "
             "gradients are sharded, which is where ZeRO saves memory for QLoRA) or strategy 'ddp'",
             param="distributed.zero_stage",
+        )
+    shards_params = spec.strategy == "fsdp" or (spec.strategy == "deepspeed" and spec.zero_stage == 3)
+    if select == "best" and shards_params:
+        raise ConfigError(
+            'select "best" is not available when parameters are sharded (FSDP, ZeRO-3): it would gather '
+            'the weights at every evaluation; use select "last" with eval_every, or strategy ddp / ZeRO-2',
+            param="select",
+        )
+    if precision == "fp16" and spec.strategy == "fsdp":
+        raise ConfigError(
+            "fp16 with FSDP needs a sharded gradient scaler the recipe does not use; train in bf16",
+            param="precision",
         )
     if batch_size % spec.world_size:
         raise ConfigError(

@@ -256,6 +256,13 @@ REFUSALS = [
         "resources.nproc 4 contradicts distributed.nproc_per_node 2",
         "Drop resources.nproc",
     ),
+    (
+        {"hyperparameters": {"precision": "fp16"}, "distributed": {"strategy": "fsdp", "nproc_per_node": 2}},
+        "invalid_distributed",
+        "hyperparameters.precision",
+        "fp16 with FSDP",
+        'precision "bf16"',
+    ),
     ({"resources": {"nproc": 65}}, "invalid_value", "resources.nproc", "[1, 64]", "one per GPU"),
     ({"resources": {"nproc": 0}}, "invalid_value", "resources.nproc", "[1, 64]", "omit it for one process"),
     ({"resources": {"launcher": "mpirun"}}, "invalid_value", "resources.launcher", "'mpirun'", "Omit it"),
@@ -370,3 +377,21 @@ def test_the_sdk_sends_the_distributed_field():
     body = create_body(**_NO_OPTIONS, distributed={"strategy": "fsdp", "nproc_per_node": 2})
     assert body["distributed"] == {"strategy": "fsdp", "nproc_per_node": 2}
     assert "distributed" not in create_body(**_NO_OPTIONS)
+
+
+@pytest.mark.parametrize("layout", [{"strategy": "fsdp"}, {"strategy": "deepspeed", "zero_stage": 3}])
+def test_select_best_is_refused_where_parameters_are_sharded(api_client, job_body, dispatched, user, layout):
+    body = {
+        **job_body,
+        "validation_file": make_file(user, examples=20).id,
+        "hyperparameters": {"select": "best"},
+        "distributed": {**layout, "nproc_per_node": 2},
+    }
+    response = post(api_client, body)
+    assert response.status_code == 400, response.json()
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_distributed", "hyperparameters.select")
+    assert 'select "best" is not available when parameters are sharded' in error["message"]
+    assert TuningJob.objects.count() == 0
+    # ... and with DDP the same body is a job.
+    assert post(api_client, {**body, "distributed": {"strategy": "ddp", "nproc_per_node": 2}}).status_code == 200

@@ -82,7 +82,9 @@ def _check_queued_quota(*, owner: Any) -> None:
         )
 
 
-def _check_distributed(*, spec: DistributedSpec, method: str, batch_size: int, hp_param: str) -> None:
+def _check_distributed(
+    *, spec: DistributedSpec, method: str, batch_size: int, hp_param: str, select: str, precision: str
+) -> None:
     """Refuse a process layout the run cannot train with (400 ``invalid_distributed``).
 
     After ``"auto"`` is resolved: whether the batch splits over the processes depends on it.
@@ -97,8 +99,15 @@ def _check_distributed(*, spec: DistributedSpec, method: str, batch_size: int, h
             suggestion=f"Use at most {top} processes in all.",
         )
     try:
-        check_compatible(spec, method=method, batch_size=batch_size)
+        check_compatible(spec, method=method, batch_size=batch_size, select=select, precision=precision)
     except ConfigError as exc:
+        if exc.param in ("select", "precision"):
+            raise InvalidRequestError(
+                f"{exc.message}.",
+                code=INVALID_DISTRIBUTED,
+                param=f"{hp_param}.{exc.param}",
+                suggestion='Use select "last" (FSDP / ZeRO-3) or precision "bf16" (FSDP), or another strategy.',
+            ) from exc
         if exc.param != "batch_size":
             raise distributed_error(exc) from exc
         fits = -(-batch_size // spec.world_size) * spec.world_size
@@ -213,6 +222,8 @@ def tuning_job_create(*, owner: Any, spec: JobSpec, idempotency_key: str | None 
         method=spec.tuning_method,
         batch_size=resolved["batch_size"],
         hp_param=spec.hyperparameters_param,
+        select=resolved.get("select", "last"),
+        precision=resolved.get("precision", "fp32"),
     )
     # Before anything is written: a job that cannot fit its processes' memory is refused here.
     preflight = memory_preflight(spec=spec, base_model=base_model, resolved=resolved)
