@@ -203,11 +203,18 @@ class Parallel:
 
     def shard(self, indices: list[int]) -> list[int]:
         """This rank's contiguous share of one global micro-batch (a distributed sampler over
-        the seeded order every rank computes alike)."""
+        the seeded order every rank computes alike).
+
+        Every example goes to exactly one rank. An epoch's last micro-batch can be smaller than
+        the world: the first ranks then take one example more, and a rank may get none (it still
+        runs an idle forward and backward, see `train`, because the engines' collectives need
+        every rank).
+        """
         if self.world == 1:
             return list(indices)
-        per = len(indices) // self.world
-        return list(indices[self.rank * per : (self.rank + 1) * per])
+        base, extra = divmod(len(indices), self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return list(indices[start : start + base + (1 if self.rank < extra else 0)])
 
     @property
     def loss_scale(self) -> float:

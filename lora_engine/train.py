@@ -494,7 +494,12 @@ class FineTuneRecipe:
         # Each rank takes its share of every micro-batch of the global step (one rank: all of it).
         micro = [par.shard(mb) for mb in self.schedule.micro_batches(step_index)]
         batches = [
-            {k: v.to(self.device) for k, v in collate([self.train_examples[i] for i in mb], self.pad_id).items()}
+            {
+                k: v.to(self.device)
+                for k, v in (
+                    collate([self.train_examples[i] for i in mb], self.pad_id) if mb else self._idle_batch()
+                ).items()
+            }
             for mb in micro
         ]
         # Normalise by the label tokens of the whole (global) step, not per micro-batch or rank,
@@ -502,7 +507,7 @@ class FineTuneRecipe:
         n_label, n_tokens = par.all_sum(
             [
                 sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches),
-                sum(int(b["attention_mask"].sum()) for b in batches),
+                sum(int(b["attention_mask"].sum()) for b, mb in zip(batches, micro, strict=True) if mb),
             ]
         )
         total = 0.0
@@ -524,6 +529,18 @@ class FineTuneRecipe:
             # skips that step and lowers the scale. Without it, Inf/NaN is divergence.
             raise self._nan_error(f"the gradient norm became {grad_norm} at step {step_index + 1}")
         return total, grad_norm, int(n_tokens)
+
+    def _idle_batch(self) -> dict[str, torch.Tensor]:
+        """What a rank trains on when the epoch's last micro-batch left it no example: two pad
+        tokens with no label. Its loss is exactly 0 and so is its gradient, but the rank runs the
+        forward and backward every other rank runs (FSDP and ZeRO-3 gather parameters there, DDP
+        reduces gradients)."""
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": torch.full_like(ids, IGNORE_INDEX),
+        }
 
     def _nan_error(self, message: str) -> EngineError:
         return EngineError(

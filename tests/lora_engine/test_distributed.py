@@ -233,6 +233,22 @@ def test_killing_one_rank_ends_the_launch_and_the_resumed_run_ends_with_the_same
     assert all(torch.equal(mine[k], ref[k]) for k in ref), name
 
 
+@pytest.mark.parametrize("name", ["ddp", "zero3"])
+def test_an_epochs_last_micro_batch_smaller_than_the_world_still_trains_like_one_process(
+    runs: dict[str, Any], name: str, tiny_model_dir: Path
+) -> None:
+    """37 examples, batch 4: the epoch's last micro-batch holds 1 example, so rank 1 has none and
+    runs an idle (zero-loss) forward and backward; every example is trained on exactly once."""
+    data = runs["root"] / "uneven.jsonl"
+    data.write_text("".join(IDENTITY_FILE.read_text().splitlines(keepends=True)[:37]))
+    common = {"train_file": str(data), "max_steps": 5, "checkpoint_every": 0}  # 10 micro-batches, 2 per step
+    single = run_to_end(make_config(tiny_model_dir, runs["root"] / f"uneven-single-{name}", **common))
+    run = run_to_end(make_config(tiny_model_dir, runs["root"] / f"uneven-{name}", STRATEGIES[name], **common))
+    diffs = [abs(a - b) for a, b in zip(single["losses"], run["losses"], strict=True)]
+    assert len(diffs) == 5 and max(diffs) <= LOSS_TOLERANCE, diffs
+    assert run["done"]["trained_tokens"] == single["done"]["trained_tokens"]
+
+
 def test_two_nodes_on_loopback_train_like_one_process(runs: dict[str, Any], tiny_model_dir: Path) -> None:
     """nnodes=2, one process each, a static rendezvous on 127.0.0.1: what two machines run."""
     out = runs["root"] / "two-nodes"
