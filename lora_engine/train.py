@@ -100,7 +100,17 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    """The process's peak resident set so far (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set so far, in MiB.
+
+    Linux's VmHWM (the high-water mark of this address space), not getrusage's ru_maxrss: Linux
+    keeps ru_maxrss across fork and exec, so a child started by a large parent (a worker, a test
+    runner at 1.3 GB) reports the parent's size as its own peak. ru_maxrss (KiB) only where /proc
+    has no VmHWM.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
