@@ -67,11 +67,10 @@ from benchmarks.load_test import (
     start_redis,
     upload_training_file,
 )
-from lora_engine.tiny_model import TINY_MODEL_VERSION, build_tiny_model
+from benchmarks.models import tiny_model
 
 NAME = "control_plane"
 REPO = Path(__file__).resolve().parent.parent
-MODEL_PATH = REPO / ".cache" / f"tiny-model-v{TINY_MODEL_VERSION}"
 FAKE_ENGINE = REPO / "tests" / "workers" / "data" / "fake_engine.py"
 CREATE_PATH = "/v1/fine_tuning/jobs"
 MODEL_NAME = "tiny-llama"
@@ -405,7 +404,7 @@ def run(config: Config, *, pg: str, database: str) -> dict[str, Any]:
         (tmp / "data").mkdir()
         manage(stack_env(database_url=database_url, redis_url="", data_dir=tmp / "data"), "migrate", "--noinput")
         with _stack(database_url, tmp, config, limits) as (base_url, env, pgids):
-            keys = seed_users(env, users, model_path=str(MODEL_PATH))
+            keys = seed_users(env, users, model_path=str(tiny_model()))
             files = [upload_training_file(base_url, key) for key in keys]
             seq_key, queue_key, load_keys = keys[0], keys[1], keys[2:]
             seq_file, queue_file, load_files = files[0], files[1], files[2:]
@@ -604,8 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         gunicorn_workers=args.workers or config.gunicorn_workers,
         gunicorn_threads=args.threads or config.gunicorn_threads,
     )
-    if not MODEL_PATH.is_dir():  # the real engine's runs train it (built once, cached)
-        build_tiny_model(MODEL_PATH)
+    tiny_model()  # the real engine's runs train it (built once, cached)
     info = machine()
     started = time.monotonic()
     payload = run(config, pg=args.pg, database=args.database)

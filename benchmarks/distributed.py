@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine, table, write_result
-from benchmarks.train_step import bench_model, write_sft_data
+from benchmarks.launched import LaunchedRun, run_launched
+from benchmarks.models import bench_model
+from benchmarks.train_step import write_sft_data
 from lora_engine.config import TrainConfig
-from lora_engine.launchers import launch_plan
 
 NAME = "distributed"
 REPO = Path(__file__).resolve().parent.parent
@@ -66,40 +62,19 @@ def run_config(model: Path, data: Path, out: Path, layout: str, method: str, ste
     )
 
 
-def launch(cfg: TrainConfig) -> dict[str, Any]:
+def launch(cfg: TrainConfig) -> LaunchedRun:
     """Run ``cfg`` under its launcher; the metrics lines' arrival times and the done line."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.to_json(out / "config.json")
-    plan = launch_plan(cfg, str(out / "config.json"), python=sys.executable, cuda=False)
-    env = {**os.environ, **plan.env, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    arrivals: list[tuple[float, dict[str, Any]]] = []
-    done: dict[str, Any] | None = None
-    with open(out / "launcher.log", "wb") as log:
-        proc = subprocess.Popen(plan.argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, env=env)
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue  # the launcher's own log lines
-            if line.get("type") == "metrics":
-                arrivals.append((time.perf_counter(), line))
-            elif line.get("type") == "done":
-                done = line
-            elif line.get("type") == "error":
-                raise RuntimeError(f"{cfg.output_dir}: {line['code']}: {line['message']}")
-        rc = proc.wait()
-    if rc != 0 or done is None:
-        raise RuntimeError(f"{cfg.output_dir}: exit {rc}, see {out / 'launcher.log'}")
-    return {"arrivals": arrivals, "done": done}
+    run = run_launched(cfg)
+    if run.exit_code != 0:
+        raise RuntimeError(f"{cfg.output_dir}: exit {run.exit_code}, see {Path(cfg.output_dir) / 'launcher.log'}")
+    return run
 
 
-def measure(result: dict[str, Any], steps: int) -> dict[str, Any]:
-    arrivals = result["arrivals"]
+def measure(result: LaunchedRun, steps: int) -> dict[str, Any]:
+    arrivals = result.arrivals
     times = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)][WARMUP_STEPS - 1 :]
     timed_tokens = arrivals[-1][1]["trained_tokens"] - arrivals[WARMUP_STEPS - 1][1]["trained_tokens"]
-    memory = result["done"]["rank_memory"]
+    memory = result.done["rank_memory"]
     return {
         "losses": [line["loss"] for _, line in arrivals],
         "step_s_all": times,

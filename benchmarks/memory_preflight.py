@@ -22,31 +22,24 @@ Run: ``.venv/bin/python -m benchmarks.memory_preflight [--default-malloc] [--out
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine, table, write_result
-from benchmarks.train_step import bench_model, write_sft_data
+from benchmarks.launched import run_launched
+from benchmarks.models import bench_model
+from benchmarks.train_step import write_sft_data
 from lora_engine.config import TrainConfig
-from lora_engine.launchers import launch_plan
 from lora_engine.memory_estimate import estimate_rank_memory
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "memory_preflight"
 FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 RUN_TIMEOUT_S = 300
-# After its done line a run only tears down; past this it is killed (see `measure`).
-EXIT_GRACE_S = 30
 TOLERANCE = 0.25  # the issue's bound on |estimate - measured| / measured
 
 CASES: dict[str, dict[str, Any]] = {
@@ -99,60 +92,9 @@ def training_data(path: Path, w: Workload = WORKLOAD) -> Path:
 def measure(cfg: TrainConfig, *, fixed_malloc: bool = True) -> tuple[list[dict[str, float]], int | None]:
     """Run ``cfg`` as the worker launches it: each rank's ``rss_before_model_mb`` and ``peak_rss_mb``,
     and the launcher's exit code (None: it hung after the done line and was killed)."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    cfg.to_json(config_path)
-    plan = launch_plan(cfg, str(config_path), python=sys.executable, cuda=False)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **plan.env}
-    if fixed_malloc:
-        env.update(FIXED_MMAP_THRESHOLD)
-    else:
-        env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    with open(out / "launcher.log", "wb") as log:
-        proc = subprocess.Popen(
-            plan.argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, env=env, start_new_session=True
-        )
-        done, stdout = [], proc.stdout
-        assert stdout is not None
-        # A run that hangs before its done line is killed, which ends the read below.
-        watchdog = threading.Timer(RUN_TIMEOUT_S, _kill, args=(proc,))
-        watchdog.start()
-        try:
-            for raw in stdout:  # launchers print their own lines between the JSON ones
-                line = _json_line(raw)
-                if line and line.get("type") == "done":
-                    done.append(line)
-                    break
-            # The ranks measured themselves before the done line; what follows is teardown.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=EXIT_GRACE_S)
-            exit_code = proc.poll()
-        finally:
-            watchdog.cancel()
-            # A rank that hangs in its process group's teardown does not change what it reported.
-            _kill(proc)
-            stdout.close()
-    if len(done) != 1:
-        tail = (out / "launcher.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"run {out.name} reported no done line ({proc.returncode}): {tail}")
-    return done[0]["rank_memory"], exit_code
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher's process group (its ranks die with it: ``parallel.die_with_launcher``)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _json_line(raw: str) -> dict[str, Any] | None:
-    try:
-        line = json.loads(raw)
-    except ValueError:
-        return None
-    return line if isinstance(line, dict) else None
+    env: dict[str, str | None] = dict(FIXED_MMAP_THRESHOLD) if fixed_malloc else {"MALLOC_MMAP_THRESHOLD_": None}
+    run = run_launched(cfg, env=env, timeout_s=RUN_TIMEOUT_S)
+    return run.done["rank_memory"], run.exit_code
 
 
 def estimate(cfg: TrainConfig) -> Any:

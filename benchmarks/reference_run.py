@@ -59,13 +59,14 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from benchmarks.models import tiny_model
 from lora_engine import protocol
 from lora_engine.config import TrainConfig
 from lora_engine.data import IGNORE_INDEX, BatchSchedule, Example
 from lora_engine.fsio import atomic_write_text
 from lora_engine.lora import lora_state_dict
 from lora_engine.progress import ProgressEmitter
-from lora_engine.tiny_model import ASSETS_DIR, TINY_MODEL_VERSION, build_tiny_model
+from lora_engine.tiny_model import ASSETS_DIR, TINY_MODEL_VERSION
 from lora_engine.train import FineTuneRecipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,13 +95,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------- data
-
-
-def tiny_model() -> Path:
-    target = REPO / ".cache" / f"tiny-model-v{TINY_MODEL_VERSION}"
-    if not (target / "config.json").exists():
-        build_tiny_model(target)
-    return target
 
 
 def write_data(work: Path, *, n_train: int = 96, n_val: int = 24) -> tuple[Path, Path]:

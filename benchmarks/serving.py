@@ -63,7 +63,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from benchmarks.common import machine, summary, table, write_result
+from benchmarks.common import RESULTS_DIR, machine, summary, table, write_result
 from benchmarks.load_test import (
     Process,
     free_port,
@@ -74,9 +74,8 @@ from benchmarks.load_test import (
     start_gunicorn,
     start_redis,
 )
+from benchmarks.models import bench_model, tiny_model
 from lora_engine.adapter_io import PEFT_PREFIX, peft_adapter_config
-from lora_engine.fsio import atomic_dir
-from lora_engine.tiny_model import TINY_MODEL_VERSION, build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_NAME = "tiny-llama"
@@ -85,6 +84,8 @@ LORA_RANK = 8
 PROMPT = "Tell me a story about a lighthouse keeper and her cat."
 READY_TIMEOUT_S = 600.0
 USERNAME = "bench"
+# --model: the benchmark models' shapes (benchmarks.models.SHAPES) besides the tiny one.
+MODELS = {"tiny": "", "50m": "serving-50m"}
 
 # Registers the base model, the user with one API key, and one version per adapter dir (each its
 # own model), promoting the ones asked, through the services the platform itself uses. Run with
@@ -123,15 +124,6 @@ print(json.dumps({"api_key": raw_key, "versions": versions, "vllm_api_key": vllm
 
 
 # --- models and adapters ------------------------------------------------------------------
-
-
-def tiny_model() -> Path:
-    """The tests' tiny Llama, built once and cached under ``.cache/`` (same key as the fixture)."""
-    target = REPO / ".cache" / f"tiny-model-v{TINY_MODEL_VERSION}"
-    if not (target / "config.json").exists():
-        with atomic_dir(target) as staging:
-            build_tiny_model(staging)
-    return target
 
 
 def linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
@@ -680,6 +672,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL")
     parser.add_argument("--database", default="tl_bench_serving", help="dropped and created afresh for the run")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="tiny",
+        help="tiny: the tests' tiny Llama (serving.json); 50m: a 50.9 M-parameter Llama (serving-50m.json)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -693,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     peft_cases = {"base", f"{n_adapters} adapters"}
     info = machine()
     wall_started = time.monotonic()
-    model_dir = tiny_model()
+    model_dir = tiny_model() if args.model == "tiny" else bench_model(MODELS[args.model])
     work_dir = Path(tempfile.mkdtemp(prefix="tl-bench-serving-"))
     env_extra = {
         # 8 distinct adapters in one batch (the platform's default is 4) and all of them cached.
@@ -768,7 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "config": {
             "quick": args.quick,
-            "model": {"name": BASE_NAME, "dir": str(model_dir), "parameters": _parameter_count(model_dir)},
+            "model": {
+                "name": BASE_NAME,
+                "size": args.model,
+                "dir": str(model_dir),
+                "parameters": _parameter_count(model_dir),
+                "weights": "pre-trained tiny model" if args.model == "tiny" else "random init",
+            },
             "adapters": {"count": n_adapters, "rank": LORA_RANK, "modules": list(LORA_MODULES), "init": "random"},
             "concurrencies": concurrencies,
             "variants": cases,
@@ -792,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": targets,
         "raw": raw,
     }
-    path = write_result("serving", payload, machine_info=info, out=args.out)
+    out = args.out or (None if args.model == "tiny" else RESULTS_DIR / f"serving-{args.model}.json")
+    path = write_result("serving", payload, machine_info=info, out=out)
     print(f"wrote {path} in {payload['wall_s']:.0f} s (setup {setup_s:.0f} s)")
     return 0
 

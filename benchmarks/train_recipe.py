@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.models import tiny_model
 from lora_engine import protocol
 from lora_engine.fsio import atomic_write_text
-from lora_engine.tiny_model import TINY_MODEL_VERSION, build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,13 +43,6 @@ VARIANTS = {
     "qlora int8 r8 all-linear": {"method": "qlora", "quant_bits": 8, "target_modules": ["all-linear"]},
     "full fine-tune": {"method": "full", "learning_rate": 1e-4},
 }
-
-
-def tiny_model() -> Path:
-    target = REPO / ".cache" / f"tiny-model-v{TINY_MODEL_VERSION}"
-    if not (target / "config.json").exists():
-        build_tiny_model(target)
-    return target
 
 
 def story_file(path: Path) -> Path:

@@ -39,13 +39,11 @@ Prints the tables and writes ``benchmarks/results/train_step.json``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
 import random
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,40 +56,19 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
 from benchmarks.common import machine, summary, table, write_result
+from benchmarks.models import SHAPES, bench_model
 from lora_engine.config import TrainConfig
 from lora_engine.data import IGNORE_INDEX, BatchSchedule, Example
-from lora_engine.fsio import atomic_dir
 from lora_engine.progress import ProgressEmitter
 from lora_engine.report import memory_report
-from lora_engine.tiny_model import ASSETS_DIR, TINY_MODEL_VERSION, build_tiny_model
+from lora_engine.tiny_model import ASSETS_DIR
 from lora_engine.train import FineTuneRecipe
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "train_step"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
-
-# Model shapes; the vocabulary is the tiny tokenizer's (1024).
-SHAPES: dict[str, dict[str, int]] = {
-    "default": {
-        "hidden_size": 512,
-        "intermediate_size": 1408,
-        "num_hidden_layers": 8,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 8,
-        "max_position_embeddings": 1024,
-    },
-    "quick": {
-        "hidden_size": 128,
-        "intermediate_size": 352,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 1024,
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -131,45 +108,6 @@ QUICK = Settings(
 
 
 # ---------------------------------------------------------------------------- model and data
-
-
-def tiny_model() -> Path:
-    """The tiny model whose tokenizer (and chat template) the benchmark model reuses."""
-    target = REPO / ".cache" / f"tiny-model-v{TINY_MODEL_VERSION}"
-    if not (target / "config.json").exists():
-        build_tiny_model(target)
-    return target
-
-
-def bench_model(shape_name: str) -> Path:
-    """A randomly initialised Llama of `SHAPES[shape_name]` with the tiny tokenizer, cached by shape.
-
-    Random weights are enough: a step's cost does not depend on what the weights are.
-    """
-    tok_dir = tiny_model()
-    tok_cfg = json.loads((tok_dir / "config.json").read_text())
-    shape = {**SHAPES[shape_name], "vocab_size": tok_cfg["vocab_size"]}
-    key = hashlib.sha256(json.dumps({"shape": shape, "tiny": TINY_MODEL_VERSION}, sort_keys=True).encode()).hexdigest()
-    target = REPO / ".cache" / f"train-step-model-{key[:12]}"
-    if (target / "config.json").exists():
-        return target
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        **shape,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=tok_cfg.get("bos_token_id"),
-        eos_token_id=tok_cfg.get("eos_token_id"),
-        pad_token_id=tok_cfg.get("pad_token_id"),
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )
-    model = LlamaForCausalLM(config)
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            if (tok_dir / name).exists():
-                shutil.copy2(tok_dir / name, tmp / name)
-    return target
 
 
 def write_sft_data(path: Path, *, n: int, min_len: int, max_len: int, seed: int = 0) -> Path:

@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from django.db import connection
 
@@ -136,3 +137,17 @@ def write_fake_model(root: Path, *, tensors: dict[str, tuple[int, ...]] | None =
     shapes = tensors or FAKE_TENSORS
     save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(root / "model.safetensors"))
     return root
+
+
+def training_rank_pid(launcher_pid: int, rank: int, timeout: float = 60) -> int:
+    """The pid of the training process of ``rank`` under a torchrun/DeepSpeed launcher (waits for it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(launcher_pid).children(recursive=True):
+            try:
+                if "lora_engine.train" in " ".join(child.cmdline()) and child.environ().get("RANK") == str(rank):
+                    return child.pid
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no rank {rank} under launcher {launcher_pid}")

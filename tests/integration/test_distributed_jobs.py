@@ -8,7 +8,6 @@ checkpoint in attempt 2 and still end with that adapter.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import psutil
 import pytest
 
 from registry.models import ModelVersion
+from tests.helpers import training_rank_pid
 from tests.integration.test_job_execution import (
     attempt_starts,
     child_pids,
@@ -42,19 +42,6 @@ ADAPTER_TOLERANCE = 1e-5
 def _allow_test_hooks(settings):
     """The kill test slows the ranks down with ``step_delay_s`` to kill one mid-run."""
     settings.TUNINGLAB = {**settings.TUNINGLAB, "ALLOW_TEST_HOOKS": True}
-
-
-def rank_pid(launcher_pid: int, rank: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in psutil.Process(launcher_pid).children(recursive=True):
-            try:
-                if "lora_engine.train" in " ".join(child.cmdline()) and child.environ().get("RANK") == str(rank):
-                    return child.pid
-            except psutil.NoSuchProcess:
-                continue
-        time.sleep(0.2)
-    raise AssertionError(f"no rank {rank} under launcher {launcher_pid}")
 
 
 def max_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -95,7 +82,7 @@ def test_fsdp_and_zero3_jobs_end_with_the_single_process_adapter_and_a_killed_ra
     # The ZeRO-3 job: wait for its first (sharded) checkpoint, then kill rank 1.
     wait_for(killed, lambda j: Checkpoint.objects.filter(job_id=j.id).exists(), 400, "no first checkpoint")
     [launcher] = child_pids(killed)
-    psutil.Process(rank_pid(launcher, 1)).kill()
+    psutil.Process(training_rank_pid(launcher, 1)).kill()
     final = wait_terminal(killed, timeout=400)
     assert final.status == Status.SUCCEEDED, final.error
     assert final.attempt == 2

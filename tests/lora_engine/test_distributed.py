@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import torch
 from peft import PeftModel
@@ -31,6 +30,7 @@ from lora_engine.config import TrainConfig
 from lora_engine.errors import ConfigError
 from lora_engine.launchers import deepspeed_config, free_port, launch_plan
 from lora_engine.manifest import SHARDED_DIR, latest_checkpoint
+from tests.helpers import training_rank_pid
 from tests.lora_engine.conftest import IDENTITY_FILE, REPO_ROOT, engine_env, run_inprocess
 
 # Measured: <= 4e-7 for all four (summation order differs between the engines' reductions).
@@ -195,16 +195,6 @@ def test_checkpoints_hold_each_ranks_part(runs: dict[str, Any], name: str) -> No
         assert not (ckpt / "optimizer.pt").exists()
 
 
-def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
-    for child in psutil.Process(launcher.pid).children(recursive=True):
-        try:
-            if "lora_engine.train" in " ".join(child.cmdline()) and child.environ().get("RANK") == str(rank):
-                return child.pid
-        except psutil.NoSuchProcess:
-            continue
-    raise AssertionError(f"no rank {rank} under launcher {launcher.pid}")
-
-
 # ZeRO-3's kill-and-resume runs through the platform (tests/integration/test_distributed_jobs.py).
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])
 def test_killing_one_rank_ends_the_launch_and_the_resumed_run_ends_with_the_same_adapter(
@@ -219,7 +209,7 @@ def test_killing_one_rank_ends_the_launch_and_the_resumed_run_ends_with_the_same
             seen += protocol_lines(raw)
             if any(line["type"] == "checkpoint" for line in seen):
                 break
-        os.kill(_rank_pid(proc, 1), signal.SIGKILL)
+        os.kill(training_rank_pid(proc.pid, 1), signal.SIGKILL)
     finally:
         rc, rest = finish(proc)
     assert rc != 0

@@ -10,7 +10,6 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from registry.models import BaseModel
-from tests.helpers import record_dispatches
 from tuninglab.errors import IdempotencyError
 from tunings.models import JobEvent, TrainingFile, TuningJob
 from tunings.serializers.job_request import job_spec_from_payload
@@ -35,11 +34,6 @@ def training_file(user):
         example_count=50,
         status=TrainingFile.Status.PROCESSED,
     )
-
-
-@pytest.fixture
-def dispatched(monkeypatch, settings):
-    return record_dispatches(monkeypatch, settings)
 
 
 def _body(training_file: TrainingFile) -> dict:

@@ -11,7 +11,6 @@ from tuninglab_sdk.resources._tunings_common import create_body
 
 from lora_engine.distributed import DistributedSpec
 from registry.models import BaseModel
-from tests.helpers import record_dispatches
 from tests.tunings.apis.conftest import make_file
 from tunings.models import JobEvent, TuningJob
 from workers.job_config import build_train_config
@@ -27,16 +26,6 @@ ONE_PROCESS = {
     "nnodes": 1,
     "rdzv_endpoint": None,
 }
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def dispatched(monkeypatch, settings):
-    return record_dispatches(monkeypatch, settings)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from django.urls import reverse
 from lora_engine.distributed import DistributedSpec
 from lora_engine.memory_estimate import MemoryEstimate, estimate_rank_memory
 from registry.models import BaseModel
-from tests.helpers import record_dispatches
 from tests.tunings.apis.conftest import make_file
 from tunings.models import JobEvent, TuningJob
 from tunings.services.preflight import WARN_FRACTION
@@ -34,16 +33,6 @@ LLAMA_CONFIG = {
 HYPERPARAMETERS = {"batch_size": 4, "max_seq_len": 256}
 LORA = {"rank": 8, "target_modules": ["q_proj", "v_proj"]}
 DDP = {"strategy": "ddp", "nproc_per_node": 2}
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def dispatched(monkeypatch, settings):
-    return record_dispatches(monkeypatch, settings)
 
 
 @pytest.fixture

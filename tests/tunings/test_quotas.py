@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import record_dispatches
 from tests.tunings.apis.conftest import make_file
 from tests.tunings.datasets.conftest import sample, stored_files, upload_multipart, upload_raw
 from tunings.hyperparameters import train_config_values
@@ -19,16 +18,6 @@ pytestmark = pytest.mark.django_db
 
 JOBS = "/v1/fine_tuning/jobs"
 GOOD = "good_openai_chat.jsonl"
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def dispatched(monkeypatch, settings):
-    return record_dispatches(monkeypatch, settings)
 
 
 @pytest.fixture

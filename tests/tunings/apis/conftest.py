@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import record_dispatches
-
 
 @pytest.fixture
 def llama(db):
@@ -37,12 +35,6 @@ def training_file(user):
 
 
 @pytest.fixture
-def dispatched(monkeypatch, settings):
-    """Record dispatches instead of sending them: replaces ``workers.dispatch`` for the test."""
-    return record_dispatches(monkeypatch, settings)
-
-
-@pytest.fixture
 def job_body(llama, training_file):
     return {"model": llama.name, "training_file": training_file.id}
 
@@ -58,9 +50,3 @@ def create_job(api_client, job_body, dispatched, django_capture_on_commit_callba
         return response.json()
 
     return _create
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """The user fixtures set passwords; PBKDF2 costs ~0.5 s each on 2 cores and tests never log in with them."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -65,9 +65,3 @@ def small_limits(settings):
     """Tight limits so size/line tests need only small payloads."""
     settings.TUNINGLAB = {**settings.TUNINGLAB, "MAX_LINE_BYTES": 1024, "MAX_UPLOAD_BYTES": 20 * 1024}
     return settings.TUNINGLAB
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """The shared ``user`` fixtures set passwords; PBKDF2 would dominate this suite's run time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
