@@ -39,7 +39,7 @@ test: venv
 BENCHMARKS ?= lora_layer train_step serving serving-50m publish_latency control_plane distributed memory_preflight
 bench: venv vllm
 	for name in $(BENCHMARKS); do \
-	  case $$name in serving-50m) run="serving --model 50m";; *) run=$$name;; esac; \
+	  case $$name in serving-50m) run="serving --model 50m --rounds 2";; *) run=$$name;; esac; \
 	  $(BIN)/python -m benchmarks.$$run || exit 1; \
 	done
 

@@ -231,7 +231,7 @@ def _pct(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per cell (medians over rounds)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per cell (medians over rounds)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds per cell first")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SHAPE}, r=16, 3 rounds")
     parser.add_argument("--profile", action="store_true", help="also print profiler op tables of one cell")

@@ -62,6 +62,8 @@ from lora_engine.launchers import deepspeed_config
 # ends the run and the worker resumes it from the last checkpoint.
 COLLECTIVE_TIMEOUT = dt.timedelta(seconds=int(os.environ.get("LORA_ENGINE_COLLECTIVE_TIMEOUT_S", "300")))
 DS_TAG = "zero"
+# DeepSpeed's shared-memory collectives op (never built on CPU: see `Parallel.init`).
+SHM_COMM_OP = "deepspeed_shm_comm"
 
 
 def _deepspeed() -> Any:
@@ -168,7 +170,14 @@ class Parallel:
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
         if self.strategy == "deepspeed":
-            _deepspeed().init_distributed(dist_backend=self.backend, timeout=COLLECTIVE_TIMEOUT)
+            deepspeed = _deepspeed()
+            if self.device.type != "cuda":
+                # On CPU, DeepSpeed's backend JIT-compiles its shared-memory collectives (a C++
+                # build of 1-2 minutes per install and path, needing a compiler on every worker)
+                # that serve only tensor-parallel inference's all-reduce: ZeRO's collectives go
+                # through torch.distributed (gloo) either way. Marked unavailable, nothing builds.
+                deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+            deepspeed.init_distributed(dist_backend=self.backend, timeout=COLLECTIVE_TIMEOUT)
         else:
             dist.init_process_group(backend=self.backend, timeout=COLLECTIVE_TIMEOUT)
         self._initialised = True

@@ -25,6 +25,7 @@ from lora_engine.data import (
     split_validation,
 )
 from lora_engine.errors import INVALID_TRAINING_DATA, DataError
+from tests.lora_engine.conftest import by_type, run_inprocess
 
 TOOLS = [{"name": "get_weather", "description": "Weather for a city", "parameters": {"city": "string"}}]
 
@@ -219,6 +220,21 @@ def test_it_reads_lines_like_the_upload_validator(tokenizer, tmp_path):
         ids, _, _ = encode_conversation(tokenizer, messages, max_seq_len=256)
         assert example.input_ids == ids
     assert [e.line for e in ds.examples] == list(range(1, 11))
+
+
+def test_it_trains_on_a_file_with_a_bom_crlf_and_raw_line_separators(tmp_path, make_config):
+    """The file the upload validator accepts (BOM, CRLF, U+2028/U+2029/U+0085 inside strings) trains."""
+    records = [{"prompt": f"first\u2028second {i}", "completion": f"third\u2029fourth\x85fifth {i}"} for i in range(8)]
+    path = tmp_path / "train.jsonl"
+    body = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+
+    code, lines = run_inprocess(make_config(train_file=str(path), max_steps=2))
+
+    assert code == 0, lines[-2:]
+    done = by_type(lines, "done")[0]
+    assert done["steps"] == 2 and done["trained_tokens"] > 0
+    assert len(by_type(lines, "metrics")) == 2
 
 
 def test_it_refuses_a_deeply_nested_line_with_its_line_number(tokenizer, tmp_path):
