@@ -51,7 +51,9 @@ if [[ -n "${DATABASE_URL:-}" ]]; then
   # The browser tests of the pages, playground and admin ran above on SQLite too (the same page
   # code paths run against PostgreSQL here in tests/webui, tests/playground, tests/security), as
   # did the engine benchmarks' smoke runs (no database).
-  $BIN/pytest --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
+  # Tests marked `embedded` (costly runs of the embedded default: in-process worker, live server)
+  # ran above; their Celery + PostgreSQL counterparts run here.
+  $BIN/pytest -m "not embedded" --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
     --ignore=tests/browser --ignore=tests/webui/test_browser.py --ignore=tests/playground/test_browser.py \
     --ignore=tests/benchmarks/test_lora_layer.py --ignore=tests/benchmarks/test_train_step.py \
     --ignore=tests/benchmarks/test_distributed.py "$@"

@@ -443,6 +443,7 @@ def test_a_job_that_promotes_its_result_is_served_by_its_name_when_it_succeeds(
 # (issue 13: each strategy's adapter loads in vLLM and answers like the single-process one)
 
 DISTRIBUTED_RECIPE_VERSION = 1
+SERVED_STRATEGIES = {name: STRATEGIES[name] for name in ("fsdp", "zero3")}
 IDENTITY_QUESTIONS = ("Who are you?", "What is your name?", "Who made you?")
 
 
@@ -450,14 +451,17 @@ IDENTITY_QUESTIONS = ("Who are you?", "What is your name?", "Who made you?")
 def strategy_adapters(tiny_model_dir: Path) -> dict[str, Path]:
     """``{"single": dir, "ddp": dir, ...}``: the identity adapter trained by each layout (cached)."""
     root = CACHE_DIR / f"distributed-adapters-v{DISTRIBUTED_RECIPE_VERSION}-{tiny_model_dir.name}"
-    names = ["single", *STRATEGIES]
+    # FSDP and ZeRO-3 gather sharded parameters to write the adapter; DDP and ZeRO-2 write it from
+    # whole parameters as one process does (all four equal the single-process adapter to 1.4e-7:
+    # tests/lora_engine/test_distributed.py), so vLLM serves the two sharded layouts here.
+    names = ["single", *SERVED_STRATEGIES]
     if not all((root / n / "adapter" / "adapter_model.safetensors").exists() for n in names):
         with atomic_dir(root) as staging:
             for name in names:
                 cfg = make_config(
                     tiny_model_dir,
                     staging / name,
-                    STRATEGIES.get(name),
+                    SERVED_STRATEGIES.get(name),
                     train_file=str(IDENTITY_FILE),
                     target_modules=["all-linear"],
                     rank=8,
@@ -474,7 +478,7 @@ def strategy_adapters(tiny_model_dir: Path) -> dict[str, Path]:
     return {n: root / n / "adapter" for n in names}
 
 
-def test_every_strategys_adapter_is_served_by_vllm_and_answers_like_the_single_process_one(
+def test_the_sharded_strategies_adapters_are_served_by_vllm_and_answer_like_the_single_process_one(
     oai: openai.OpenAI,
     served,
     make_version,  # noqa: F811 - the imported fixture
@@ -487,5 +491,5 @@ def test_every_strategys_adapter_is_served_by_vllm_and_answers_like_the_single_p
     base = [ask(oai, "tiny-llama", q) for q in IDENTITY_QUESTIONS]
     assert answers["single"] != base  # the adapter changes what the model says
     assert any("Tessera" in a for a in answers["single"]), answers["single"]
-    for name in STRATEGIES:
+    for name in SERVED_STRATEGIES:
         assert answers[name] == answers["single"], (name, answers[name], answers["single"])

@@ -20,7 +20,7 @@ from registry.services.base_models import base_model_register
 from tests.lora_engine.test_identity_learning import MIXED_FILE, agreement, load_tuned, name_rate, probes
 from workers import inprocess
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900), pytest.mark.slow, pytest.mark.embedded]
 
 
 def test_it_teaches_a_new_users_identity_with_auto_settings_only(live_server, raw_key, tiny_model_dir, settings):

@@ -151,6 +151,7 @@ def node0_started(job_id: str, attempt: int = 1) -> JobEvent:
 # --- two real nodes through the API -------------------------------------------------------
 
 
+@pytest.mark.embedded
 def test_a_two_node_job_trains_like_one_process(api_client, base_model, inprocess_worker):
     single = create_job(api_client)
     two = create_job(api_client, distributed=TWO_NODES)
@@ -185,6 +186,7 @@ def test_a_two_node_job_trains_like_one_process(api_client, base_model, inproces
     assert multi[-1] < multi[0]  # it trained
 
 
+@pytest.mark.embedded
 def test_a_lost_node_resumes_in_a_new_attempt_and_a_cancel_leaves_no_process(api_client, base_model, inprocess_worker):
     job_id = create_job(api_client, distributed=TWO_NODES, max_steps=200, checkpoint_every=2, step_delay_s=0.3)
     wait_for(job_id, lambda j: j.current_step >= 3 and node_started(j.id, 1) is not None, 240, "not training")
