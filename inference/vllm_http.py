@@ -14,9 +14,12 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from inference.config import ServedBase, vllm_api_key
+from inference.config import VLLM_KEEPALIVE_S, ServedBase, vllm_api_key
 
 CONNECT_TIMEOUT_S = 2.0
+# The pool drops a connection idle this long, well before vLLM closes it (VLLM_KEEPALIVE_S):
+# a connection the server closes just as a request goes out fails that request.
+KEEPALIVE_EXPIRY_S = VLLM_KEEPALIVE_S / 2
 ADMIN_TIMEOUT_S = 60.0  # loading an adapter reads its weights
 
 _clients: dict[str, httpx.Client] = {}
@@ -43,7 +46,9 @@ def client_for(base: ServedBase) -> httpx.Client:
                 base_url=url,
                 headers={"Authorization": f"Bearer {vllm_api_key(base)}"},
                 timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S),
-                limits=httpx.Limits(max_connections=max_conn, max_keepalive_connections=max_conn),
+                limits=httpx.Limits(
+                    max_connections=max_conn, max_keepalive_connections=max_conn, keepalive_expiry=KEEPALIVE_EXPIRY_S
+                ),
                 trust_env=False,  # never through an HTTP proxy from the environment: vLLM is local
             )
             _clients[url] = client

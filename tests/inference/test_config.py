@@ -15,6 +15,7 @@ from inference.config import (
     vllm_argv,
     vllm_env,
 )
+from inference.vllm_http import KEEPALIVE_EXPIRY_S, client_for, close_clients
 
 
 @pytest.fixture
@@ -255,3 +256,16 @@ def test_it_reads_os_environ_when_given_no_base(vllm_conf, monkeypatch):
     env = vllm_env()
     assert env["SOME_VISIBLE_VAR"] == "z"
     assert "TUNINGLAB_SOMETHING" not in env and "SECRET_KEY" not in env
+
+
+def test_the_gateways_pool_drops_idle_connections_well_before_vllm_closes_them(vllm_conf):
+    """With both at 5 s (httpx's and uvicorn's defaults) a request could go out on a connection
+    vLLM was closing that instant: "Server disconnected" → 503 (seen once in the serving benchmark)."""
+    server_keepalive = int(vllm_env(PARENT_ENV)["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"])
+    client = client_for(BASE)
+    try:
+        pool_expiry = client._transport._pool._keepalive_expiry  # httpcore's pool: what the client really uses
+    finally:
+        close_clients()
+    assert pool_expiry == KEEPALIVE_EXPIRY_S
+    assert pool_expiry <= server_keepalive / 2
