@@ -38,7 +38,7 @@ class LaunchedRun:
 
 
 def run_launched(
-    cfg: TrainConfig, *, env: dict[str, str] | None = None, timeout_s: float = RUN_TIMEOUT_S
+    cfg: TrainConfig, *, env: dict[str, str | None] | None = None, timeout_s: float = RUN_TIMEOUT_S
 ) -> LaunchedRun:
     """Run ``cfg`` under its launcher with ``env`` on top of ours (a value None removes the variable).
 

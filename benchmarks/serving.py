@@ -84,8 +84,8 @@ LORA_RANK = 8
 PROMPT = "Tell me a story about a lighthouse keeper and her cat."
 READY_TIMEOUT_S = 600.0
 USERNAME = "bench"
-# --model: the benchmark models' shapes (benchmarks.models.SHAPES) besides the tiny one.
-MODELS = {"tiny": "", "50m": "serving-50m"}
+# --model: the tiny model (serving.json) or a larger shape of benchmarks.models.SHAPES (serving-<size>.json).
+LARGER_MODELS = {"50m": "serving-50m"}
 
 # Registers the base model, the user with one API key, and one version per adapter dir (each its
 # own model), promoting the ones asked, through the services the platform itself uses. Run with
@@ -674,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", default="tl_bench_serving", help="dropped and created afresh for the run")
     parser.add_argument(
         "--model",
-        choices=sorted(MODELS),
+        choices=["tiny", *LARGER_MODELS],
         default="tiny",
         help="tiny: the tests' tiny Llama (serving.json); 50m: a 50.9 M-parameter Llama (serving-50m.json)",
     )
@@ -691,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     peft_cases = {"base", f"{n_adapters} adapters"}
     info = machine()
     wall_started = time.monotonic()
-    model_dir = tiny_model() if args.model == "tiny" else bench_model(MODELS[args.model])
+    model_dir = bench_model(LARGER_MODELS[args.model]) if args.model in LARGER_MODELS else tiny_model()
     work_dir = Path(tempfile.mkdtemp(prefix="tl-bench-serving-"))
     env_extra = {
         # 8 distinct adapters in one batch (the platform's default is 4) and all of them cached.

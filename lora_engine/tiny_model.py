@@ -16,6 +16,7 @@ CLI: ``python -m lora_engine.tiny_model OUTPUT_DIR [--seed N] [--steps N] [--bil
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -136,9 +137,8 @@ def _train_tokenizer(
     return hf_tok
 
 
-def _pretrain_sequences(tokenizer, corpus: str, dialogues: list[list[dict]], seq_len: int) -> list[list[int]]:
-    """Cut the corpus into `seq_len` token windows and add one row per rendered dialogue."""
-    ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+def _pretrain_sequences(tokenizer, ids: list[int], dialogues: list[list[dict]], seq_len: int) -> list[list[int]]:
+    """Cut the tokenized corpus into `seq_len` token windows and add one row per rendered dialogue."""
     rows = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
     for messages in dialogues:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -282,8 +282,8 @@ def _build(
     if copy_circuit:
         _install_copy_circuit(model, seed)
 
-    rows = _pretrain_sequences(tokenizer, corpus, dialogues, PRETRAIN_SEQ_LEN)
     corpus_ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    rows = _pretrain_sequences(tokenizer, corpus_ids, dialogues, PRETRAIN_SEQ_LEN)
     copy_rng = random.Random(seed + 1)  # noqa: S311 - seeded pre-training data, not a secret
     n_copy = round(PRETRAIN_BATCH * copy_fraction)
     gen = torch.Generator().manual_seed(seed)
@@ -452,7 +452,11 @@ def _kv_row(tokenizer, corpus_ids: list[int], seq_len: int, rng: random.Random) 
     return tokenizer(text, add_special_tokens=False)["input_ids"][:seq_len]
 
 
-_CJK_POOL: list[str] = []
+@functools.cache
+def _cjk_pool() -> tuple[str, ...]:
+    """The Chinese characters of the meeting corpus, sorted (the pool random CJK values draw from)."""
+    text = (ASSETS_DIR / "meeting_corpus.txt").read_text(encoding="utf-8")
+    return tuple(sorted({c for c in text if "\u4e00" <= c <= "\u9fff"}))
 
 
 def _random_value(tokenizer, corpus_ids: list[int], rng: random.Random) -> str:
@@ -462,10 +466,8 @@ def _random_value(tokenizer, corpus_ids: list[int], rng: random.Random) -> str:
     if kind == 1:
         return rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + str(rng.randrange(10, 10000))
     if kind == 2:
-        if not _CJK_POOL:
-            text = (ASSETS_DIR / "meeting_corpus.txt").read_text(encoding="utf-8")
-            _CJK_POOL.extend(sorted({c for c in text if "\u4e00" <= c <= "\u9fff"}))
-        return "".join(rng.choice(_CJK_POOL) for _ in range(rng.randint(1, 3)))
+        pool = _cjk_pool()
+        return "".join(rng.choice(pool) for _ in range(rng.randint(1, 3)))
     start = rng.randrange(len(corpus_ids) - 3)
     return tokenizer.decode(corpus_ids[start : start + rng.randint(1, 3)]).strip() or "x"
 
