@@ -15,10 +15,14 @@ The default tiny model cannot learn this (its tokenizer has no Chinese, and 2 la
 ``lora_engine.tiny_model.build_bilingual_tiny_model``, built once and cached like the default.
 Figures are printed (``pytest -s``); docs/engine.md quotes them.
 
-Measured so far, the bilingual variant does not reach the thresholds either: v1 never copied a
-slot value it had not seen in training; v2 (a copy-friendly tokenizer and an induction circuit
-in its initial weights) reaches 98.8 % valid JSON but 39.4 % exact match in-process with this
-recipe. See docs/engine.md for the numbers.
+Measured: the bilingual variant v3 (copy-friendly tokenizer with capital letters as their own
+tokens, an induction circuit in its initial weights) with this recipe and seed 7: tuned 88.1 %
+JSON exact match and 100 % valid JSON, base 0 %; in-process the same figures. This test takes
+~5 minutes with a cached model (training job 218 s, comparison 60 s), ~4-6 more to build it.
+The margin is the seed's: with seeds 1 and 2 the same recipe gets 65.6 % and 79.4 % exact match
+in-process, so the seed is pinned. Earlier models and the first dataset, whose narrow training
+pools taught "minutes are 00 or 30" instead of copying, stayed at 18.8-39.4 %. See
+docs/engine.md for the numbers.
 
 Needs ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL``; skipped without them, failed under ``CI=true``.
 """
@@ -45,13 +49,13 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.redis,
     pytest.mark.timeout(3600),
-    # Not reached yet (issue 11 stays open): the best platform job (model v1) scored 18.8 % exact
-    # match and 69.4 % valid JSON on the held-out split (targets 80 % / 95 %); v2 in-process 39.4 %
-    # / 98.8 % (docs/engine.md). It costs ~10 minutes, so it runs on request only:
+    # Reached on this machine with the pinned seed (88.1 % / 100 %), but not robustly (seeds 1 and
+    # 2: 65.6 % / 79.4 % in-process, and another CPU's floating point is in effect another seed),
+    # and it costs 5-10 minutes a CI run cannot spare; so it runs on request only (issue 11 open):
     # TUNINGLAB_RUN_STRUCTURED_TASK=1.
     pytest.mark.skipif(
         os.environ.get("TUNINGLAB_RUN_STRUCTURED_TASK") != "1",
-        reason="structured task not reached yet; set TUNINGLAB_RUN_STRUCTURED_TASK=1 to run it",
+        reason="the structured task runs on request (5-10 min): set TUNINGLAB_RUN_STRUCTURED_TASK=1",
     ),
 ]
 
@@ -142,7 +146,7 @@ def test_it_learns_meeting_commands_as_json_through_the_platform(live_stack, bil
             "training_file": train_id,
             "hyperparameters": HYPERPARAMETERS,
             "lora": LORA,
-            "seed": 7,
+            "seed": 7,  # pinned: the exact-match margin depends on it (module docstring)
             "suffix": "meeting",
         },
         format="json",
