@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`) and CI's: lint (`make lint`: ruff + import layers), then every suite on SQLite, then
 # the database-facing suites again on PostgreSQL + Redis when DATABASE_URL / REDIS_URL are set.
+# Each pass ends with its 40 slowest test phases (where CI time goes).
 # The PostgreSQL pass includes the real-vLLM suite (tests/inference/test_vllm_serving.py, marked
 # postgres + vllm): it builds .venv-vllm with scripts/setup_vllm.sh when missing (~2 min, once).
 set -euo pipefail
@@ -42,7 +43,7 @@ export GRAFANA_SCHEMA_DIR
 
 echo "== pytest on SQLite (embedded default, in-process worker)"
 # Tests marked postgres/redis need the real services; they run in the second pass.
-env -u DATABASE_URL -u REDIS_URL $BIN/pytest -m "not postgres and not redis" "$@"
+env -u DATABASE_URL -u REDIS_URL $BIN/pytest --durations=40 -m "not postgres and not redis" "$@"
 
 if [[ -n "${DATABASE_URL:-}" ]]; then
   echo "== pytest on PostgreSQL ($DATABASE_URL) + Redis (${REDIS_URL:-none})"
@@ -53,7 +54,7 @@ if [[ -n "${DATABASE_URL:-}" ]]; then
   # did the engine benchmarks' smoke runs (no database).
   # Tests marked `embedded` (costly runs of the embedded default: in-process worker, live server)
   # ran above; their Celery + PostgreSQL counterparts run here.
-  $BIN/pytest -m "not embedded" --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
+  $BIN/pytest --durations=40 -m "not embedded" --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
     --ignore=tests/browser --ignore=tests/webui/test_browser.py --ignore=tests/playground/test_browser.py \
     --ignore=tests/benchmarks/test_lora_layer.py --ignore=tests/benchmarks/test_train_step.py \
     --ignore=tests/benchmarks/test_distributed.py "$@"
