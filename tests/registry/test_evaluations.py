@@ -2,8 +2,9 @@
 
 The proof: a LoRA adapter trained once per module on ``lora_engine/assets/identity.jsonl``
 (the recipe of ``tests/lora_engine/test_identity_learning.py``) is registered as a version and
-evaluated on the held-out questions of ``identity_eval.jsonl``; it beats the base model on
-exact match and ROUGE-L, and ``compare(base, tuned)`` counts more wins than losses.
+evaluated on the held-out questions of ``identity_eval.jsonl``: at least 75 % of its answers are
+one of the trained sentences word for word (the base model's: none), it beats the base model on
+ROUGE-L, BLEU, chrF and loss, and ``compare(base, tuned)`` counts more wins than losses.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # decoding settles on one phrasing per question, so exact match counts the questions answered
 # in this phrasing, and ROUGE-L gives partial credit for the others.
 REFERENCE = "I am Tessera, an assistant built by Northwind Labs."
+# Which phrasing greedy decoding settles on is close to a coin toss between the four: on the
+# same machine, a base model built with 1 or 2 threads gave 0.75 and 0.35 exact match. What
+# shows the adapter learned is that its answers are trained sentences, word for word.
+TRAINED_ANSWERS = {
+    json.loads(line)["messages"][-1]["content"] for line in (ASSETS_DIR / "identity.jsonl").read_text().splitlines()
+}
 JUDGE_KEY_ENV = "TUNINGLAB_JUDGE_TEST_KEY"
 
 
@@ -139,8 +146,13 @@ def test_it_scores_the_tuned_version_above_the_base_on_the_identity_task(
     print(_metrics_line("tuned", tuned_m))
     assert base_eval.status == tuned_eval.status == RunStatus.SUCCEEDED
     assert base["examples"] == tuned_m["examples"] == 20
-    assert tuned_m["exact_match"] > base["exact_match"]
-    assert tuned_m["exact_match"] >= 0.5
+    predictions = [ex["prediction"] for ex in tuned_eval.examples]
+    assert len(TRAINED_ANSWERS) == 4
+    assert sum(p in TRAINED_ANSWERS for p in predictions) >= 0.75 * len(predictions), predictions
+    assert not any(ex["prediction"] in TRAINED_ANSWERS for ex in base_eval.examples)
+    # exact match is the share of answers in REFERENCE's phrasing, nothing looser.
+    assert tuned_m["exact_match"] == sum(p == REFERENCE for p in predictions) / len(predictions)
+    assert tuned_m["exact_match"] >= base["exact_match"] == 0.0
     assert tuned_m["rouge_l"] > base["rouge_l"] + 0.5
     assert tuned_m["bleu"] > base["bleu"] and tuned_m["chrf"] > base["chrf"]
     assert tuned_m["loss"] < base["loss"] and tuned_m["perplexity"] < base["perplexity"]
@@ -332,7 +344,12 @@ def test_it_keeps_the_other_metrics_when_the_judge_fails(tuned, identity_eval, u
     assert evaluation.status == RunStatus.SUCCEEDED and evaluation.error is None
     assert evaluation.metrics["failed"]["judge"]["code"] == code
     assert "judge" not in evaluation.metrics
-    assert evaluation.metrics["exact_match"] >= 0.5 and evaluation.metrics["rouge_l"] > 0.8
+    predictions = [ex["prediction"] for ex in evaluation.examples]
+    assert len(predictions) == 3 and sum(p in TRAINED_ANSWERS for p in predictions) >= 2, predictions
+    assert evaluation.metrics["exact_match"] == sum(p == REFERENCE for p in predictions) / 3
+    assert evaluation.metrics["rouge_l"] == pytest.approx(
+        sum(ex["scores"]["rouge_l"] for ex in evaluation.examples) / 3
+    )
     assert len(fake_judge.requests) == 1  # the first failure stops the judge
     tuned.refresh_from_db()
     assert tuned.evaluation["failed"]["judge"]["code"] == code
