@@ -15,7 +15,7 @@ object ``{"intent": ..., "slots": {...}}``: the structured task a fine-tuned mod
   the whole range (any hour 07-20, any minute, every room letter), so the only rule that carries
   over to an unseen value is to copy it. Chinese held-out names are new combinations of
   surnames and given names (every character appears in training; the names do not).
-  ``check_rule`` asserts all this before anything is written.
+  ``check_rule`` checks all this (ValueError) before anything is written.
 - The answer is ``json.dumps(..., ensure_ascii=False)`` with keys in a fixed order, so the
   text is canonical; graders compare the parsed objects anyway.
 
@@ -465,18 +465,27 @@ def make_split(
 
 
 def check_rule(train: list[dict], heldout: list[dict]) -> None:
-    """The task's rule: no held-out template and no held-out slot value appears in training."""
+    """The task's rule: no held-out template and no held-out slot value appears in training.
+
+    Raises ``ValueError`` (not ``assert``: the check must hold under ``python -O`` too).
+    """
     train_templates = {t for spec in INTENTS.values() for lang in ("en", "zh") for t in spec[lang][0]}
     heldout_templates = {t for spec in INTENTS.values() for lang in ("en", "zh") for t in spec[lang][1]}
-    assert not train_templates & heldout_templates
+    if train_templates & heldout_templates:
+        raise ValueError(
+            f"a held-out template is also a training template: {sorted(train_templates & heldout_templates)}"
+        )
 
     def values(rows: list[dict]) -> set[str]:
         return {v for r in rows for v in json.loads(r["messages"][-1]["content"])["slots"].values()}
 
     train_values, heldout_values = values(train), values(heldout)
-    assert not train_values & heldout_values
+    if train_values & heldout_values:
+        raise ValueError(f"a held-out slot value is also a training value: {sorted(train_values & heldout_values)}")
     train_text = "\n".join(m["content"] for r in train for m in r["messages"])
-    assert not any(v in train_text for v in heldout_values), "a held-out value occurs inside a training row"
+    leaked = sorted(v for v in heldout_values if v in train_text)
+    if leaked:
+        raise ValueError(f"a held-out value occurs inside a training row: {leaked}")
 
 
 # Plain sentences about people, rooms and times, in both languages: what a base model would

@@ -69,5 +69,5 @@ def test_the_rule_check_refuses_a_held_out_value_inside_a_training_row():
             {"role": "assistant", "content": '{"intent": "x", "slots": {}}'},
         ]
     }
-    with pytest.raises(AssertionError, match="held-out value"):
+    with pytest.raises(ValueError, match="held-out value occurs inside a training row"):
         generator().check_rule([*train, leaked], heldout)
