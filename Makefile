@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-12)
 
-.PHONY: venv vllm demo test test-sqlite test-postgres lint format clean bench
+.PHONY: venv vllm demo test test-sqlite test-postgres lint format clean bench structured-task
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: venv
 ## test: lint, then the suites on SQLite, then on PostgreSQL + Redis when DATABASE_URL/REDIS_URL are set.
 test: venv
 	./scripts/run_tests.sh
+
+## structured-task: the meeting-command task learned through the platform (docs/engine.md; ~5 min,
+## not part of `make test`): upload, job over the API, a celery worker trains, a comparison grades
+## base and tuned on the held-out split and asserts the thresholds. Needs PostgreSQL + Redis.
+structured-task: venv
+	DATABASE_URL="$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tuninglab}" \
+	REDIS_URL="$${REDIS_URL:-redis://127.0.0.1:6379/0}" TUNINGLAB_RUN_STRUCTURED_TASK=1 \
+	  $(BIN)/pytest -s tests/integration/test_structured_task.py
 
 ## bench: every benchmark in one run (tables on stdout, JSON in benchmarks/results/; docs/benchmarks.md).
 ## Serving and publish latency need .venv-vllm (`make vllm`); the control plane needs PostgreSQL + Redis.

@@ -15,14 +15,14 @@ The default tiny model cannot learn this (its tokenizer has no Chinese, and 2 la
 ``lora_engine.tiny_model.build_bilingual_tiny_model``, built once and cached like the default.
 Figures are printed (``pytest -s``); docs/engine.md quotes them.
 
-Measured: the bilingual variant v3 (copy-friendly tokenizer with capital letters as their own
-tokens, an induction circuit in its initial weights) with this recipe and seed 7: tuned 88.1 %
-JSON exact match and 100 % valid JSON, base 0 %; in-process the same figures. This test takes
-~5 minutes with a cached model (training job 218 s, comparison 60 s), ~4-6 more to build it.
-The margin is the seed's: with seeds 1 and 2 the same recipe gets 65.6 % and 79.4 % exact match
-in-process, so the seed is pinned. Earlier models and the first dataset, whose narrow training
-pools taught "minutes are 00 or 30" instead of copying, stayed at 18.8-39.4 %. See
-docs/engine.md for the numbers.
+Measured (docs/engine.md): the bilingual variant v4 (copy-friendly tokenizer, an induction
+circuit in its initial weights, pre-training text with extraction records) with this recipe
+reaches the targets for every seed tried: in-process, seeds 1-7, JSON exact match 86-91 %
+(mean 88.2 %), valid JSON >= 99 %; base 0 %. v3 with 30 epochs got 66-88 % (seeds 1, 2, 7).
+Through the platform, seed 7: 91.2 % / 99.4 %. This test takes ~4 minutes with a cached model,
+~1 more to build it, which a CI run cannot spare: it runs on request (`make structured-task`,
+or TUNINGLAB_RUN_STRUCTURED_TASK=1), and CI runs the data's tests
+(tests/lora_engine/test_meeting_commands.py).
 
 Needs ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL``; skipped without them, failed under ``CI=true``.
 """
@@ -49,13 +49,11 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.redis,
     pytest.mark.timeout(3600),
-    # Reached on this machine with the pinned seed (88.1 % / 100 %), but not robustly (seeds 1 and
-    # 2: 65.6 % / 79.4 % in-process, and another CPU's floating point is in effect another seed),
-    # and it costs 5-10 minutes a CI run cannot spare; so it runs on request only (issue 11 open):
-    # TUNINGLAB_RUN_STRUCTURED_TASK=1.
+    # Reached for every seed tried (module docstring), but it costs minutes a CI run cannot spare:
+    # it runs on request, TUNINGLAB_RUN_STRUCTURED_TASK=1.
     pytest.mark.skipif(
         os.environ.get("TUNINGLAB_RUN_STRUCTURED_TASK") != "1",
-        reason="the structured task runs on request (5-10 min): set TUNINGLAB_RUN_STRUCTURED_TASK=1",
+        reason="the structured task runs on request (~5 min): set TUNINGLAB_RUN_STRUCTURED_TASK=1",
     ),
 ]
 
@@ -66,7 +64,7 @@ MODEL_NAME = "tiny-bilingual"
 
 # The recipe: every value within the API's limits (learning_rate_multiplier <= 10).
 HYPERPARAMETERS = {
-    "n_epochs": 30,
+    "n_epochs": 50,  # the API's cap; 30 left a seed at 77.5 % (docs/engine.md)
     "batch_size": 16,
     "learning_rate_multiplier": 10,
     "warmup_ratio": 0.05,
@@ -146,7 +144,7 @@ def test_it_learns_meeting_commands_as_json_through_the_platform(live_stack, bil
             "training_file": train_id,
             "hyperparameters": HYPERPARAMETERS,
             "lora": LORA,
-            "seed": 7,  # pinned: the exact-match margin depends on it (module docstring)
+            "seed": 7,  # any seed tried reaches the targets (module docstring); pinned to be reproducible
             "suffix": "meeting",
         },
         format="json",

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import re
 from types import ModuleType
 
 import pytest
 
+from lora_engine import tiny_model
 from lora_engine.tiny_model import ASSETS_DIR
 
 FILES = ("meeting_commands_train.jsonl", "meeting_commands_heldout.jsonl", "meeting_corpus.txt")
@@ -71,3 +73,35 @@ def test_the_rule_check_refuses_a_held_out_value_inside_a_training_row():
     }
     with pytest.raises(ValueError, match="held-out value occurs inside a training row"):
         generator().check_rule([*train, leaked], heldout)
+
+
+def test_the_bilingual_models_extraction_rows_name_values_that_appear_earlier_in_the_row():
+    """Pre-training text of ``tiny-bilingual`` v4 (``tiny_model._extract_row``): a corpus window with
+    a person, room and/or time spliced in, then "key<sep>value" lines naming them. The value must
+    be in the text above its line (found by what it looks like), and no row is a command or JSON."""
+    texts, corpus = tiny_model.bilingual_texts()
+    shape = tiny_model.BILINGUAL_MODEL_SHAPE
+    tokenizer = tiny_model._train_tokenizer(
+        texts, shape["vocab_size"], shape["max_position_embeddings"], tiny_model.COPY_FRIENDLY_SPLITS
+    )
+    corpus_ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    keys = "|".join(re.escape(k) for names in tiny_model._ENTITY_KEYS.values() for k in names)
+    record = re.compile(rf"^({keys})(: | = |：| is )(\S+)$")  # values hold no space  # noqa: RUF001
+    rng = random.Random(0)
+    kinds_seen: set[str] = set()
+    for _ in range(200):
+        start = rng.randrange(len(corpus_ids) - 128)
+        row = tiny_model._extract_row(tokenizer, corpus_ids[start : start + 128], 128, rng)
+        assert len(row) <= 128
+        lines = tokenizer.decode(row).split("\n")
+        named = []
+        while lines and len(named) < 3 and (m := record.match(lines[-1])):
+            named.append((m.group(1), m.group(3)))
+            lines.pop()
+        assert 1 <= len(named) <= 3, tokenizer.decode(row)
+        text = "\n".join(lines)
+        for key, value in named:
+            assert value in text, (key, value, text)
+            kinds_seen |= {kind for kind, names in tiny_model._ENTITY_KEYS.items() if key in names}
+        assert "{" not in text and '"intent"' not in text
+    assert kinds_seen == set(tiny_model._ENTITY_KINDS)
