@@ -54,7 +54,9 @@ if [[ -n "${DATABASE_URL:-}" ]]; then
   # did the engine benchmarks' smoke runs (no database).
   # Tests marked `embedded` (costly runs of the embedded default: in-process worker, live server)
   # ran above; their Celery + PostgreSQL counterparts run here.
-  $BIN/pytest --durations=40 -m "not embedded" --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
+  # --database-tests-only (tests/conftest.py): a test with no database fixture and no postgres,
+  # redis or django_db mark ran the same code above, so it is deselected here.
+  $BIN/pytest --durations=40 -m "not embedded" --database-tests-only --ignore=tests/lora_engine --ignore=tests/security/test_swagger_browser.py \
     --ignore=tests/browser --ignore=tests/webui/test_browser.py --ignore=tests/playground/test_browser.py \
     --ignore=tests/benchmarks/test_lora_layer.py --ignore=tests/benchmarks/test_train_step.py \
     --ignore=tests/benchmarks/test_distributed.py "$@"

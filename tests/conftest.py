@@ -93,3 +93,37 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
     db = settings.DATABASES["default"]
     if db["ENGINE"] == "django.db.backends.sqlite3":
         db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
+
+
+# --- the PostgreSQL + Redis pass runs only the tests that reach a database or Redis --------------
+# scripts/run_tests.sh runs every suite on SQLite first, then again with DATABASE_URL/REDIS_URL set
+# and `--database-tests-only`: a test that asks for no database fixture and carries no postgres,
+# redis or django_db mark ran the same code in the first pass, so the second deselects it.
+# live_server: pytest-django gives it a transactional database at run time, not by name.
+_DATABASE_FIXTURES = frozenset(
+    {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
+)
+_DATABASE_MARKS = ("postgres", "redis", "django_db")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database-tests-only",
+        action="store_true",
+        help="deselect tests that use no database fixture and carry no postgres/redis/django_db mark",
+    )
+
+
+def reaches_a_database(item: pytest.Item) -> bool:
+    """Whether the test asks for a database fixture (directly or through another) or is marked for one."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & _DATABASE_FIXTURES) or any(item.get_closest_marker(m) for m in _DATABASE_MARKS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--database-tests-only"):
+        return
+    kept = [item for item in items if reaches_a_database(item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if not reaches_a_database(item)])
+        items[:] = kept
