@@ -500,8 +500,9 @@ def _kv_row(tokenizer, corpus_ids: list[int], seq_len: int, rng: random.Random) 
 def _extract_row(tokenizer, window: list[int], seq_len: int, rng: random.Random) -> list[int]:
     """Text with a person, a room and/or a time spliced in, then "key: value" lines naming them.
 
-    The keys differ from the words before the values (or there are none), so the value must be
-    found by what it looks like, not by an identical cue: the look-up a slot needs.
+    Keys and cue words (the words before a value, or none) are drawn apart, so mostly they differ
+    and the value must be found by what it looks like, not by an identical cue: the look-up a
+    slot needs.
     """
     zh = rng.random() < 0.5
     kinds = rng.sample(_ENTITY_KINDS, rng.randint(1, len(_ENTITY_KINDS)))
