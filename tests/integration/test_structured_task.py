@@ -18,7 +18,7 @@ Figures are printed (``pytest -s``); docs/engine.md quotes them.
 Measured (docs/engine.md): the bilingual variant v4 (copy-friendly tokenizer, an induction
 circuit in its initial weights, pre-training text with extraction records) with this recipe
 reaches the targets for every seed tried: in-process, seeds 1-7, JSON exact match 86-91 %
-(mean 88.2 %), valid JSON >= 99 %; base 0 %. v3 with 30 epochs got 66-88 % (seeds 1, 2, 7).
+(mean 88.2 %), valid JSON >= 99 %; base 0 %. v3 with 30 epochs: 66-88 % (seeds 1, 2, 7, Intel).
 Through the platform, seed 7: 91.2 % / 99.4 %. This test takes ~4 minutes with a cached model,
 ~1 more to build it, which a CI run cannot spare: it runs on request (`make structured-task`,
 or TUNINGLAB_RUN_STRUCTURED_TASK=1), and CI runs the data's tests
